@@ -1,0 +1,5 @@
+import sys
+
+from sonodiff.cli import main
+
+sys.exit(main())

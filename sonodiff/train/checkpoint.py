@@ -1,0 +1,150 @@
+"""Checkpoints: written atomically, loaded back exactly, last K and best kept.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    step_00000100/            one complete checkpoint
+        model.safetensors     live weights
+        ema.safetensors       EMA weights
+        trainer_state.pt      optimizer, LR schedule, step, samples seen, data position, RNG states, guards
+        meta.json             written last: its presence marks the checkpoint complete
+    latest                    text file naming the newest complete checkpoint
+    best/                     copy of the checkpoint with the lowest validation loss
+
+A checkpoint is assembled in a hidden temporary folder and renamed into place (an atomic rename), and
+``latest`` is replaced atomically after that, so a process killed at any moment leaves the previous
+checkpoint loadable. Weights are safetensors; the trainer state is a ``torch.save`` dict of tensors and
+numbers that this project writes itself and loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from sonodiff.utils.atomic import atomic_write_json, atomic_write_text, fsync_dir
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "save_best"]
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def _state_dict_tensors(sd: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(path)
+
+
+def save_checkpoint(ckpt_root: str | Path, step: int, *, model_state: dict, ema_state: dict, trainer_state: dict,
+                    meta: dict) -> Path:
+    """Write checkpoint ``step`` atomically under ``ckpt_root``; update ``latest``. Returns its folder."""
+    from safetensors.torch import save_file
+
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    try:
+        save_file(_state_dict_tensors(model_state), str(tmp / "model.safetensors"))
+        save_file(_state_dict_tensors(ema_state), str(tmp / "ema.safetensors"))
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            old = root / f".old-{name}-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / "latest", name + "\n")
+    return final
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Complete checkpoints (with meta.json), oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    out = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(out, key=lambda p: p.name)
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    """The checkpoint named by ``latest`` if complete, else the newest complete one, else None."""
+    root = Path(ckpt_root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        p = root / pointer.read_text().strip()
+        if (p / "meta.json").is_file():
+            return p
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict, dict, dict, dict]:
+    """(model_state, ema_state, trainer_state, meta) of one checkpoint folder."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    for f in ("model.safetensors", "ema.safetensors", "trainer_state.pt", "meta.json"):
+        if not (p / f).is_file():
+            raise FileNotFoundError(f"checkpoint {p} is incomplete: {f} is missing")
+    model_state = load_file(str(p / "model.safetensors"), device=str(device))
+    ema_state = load_file(str(p / "ema.safetensors"), device=str(device))
+    trainer_state = torch.load(p / "trainer_state.pt", map_location=device, weights_only=True)
+    meta = json.loads((p / "meta.json").read_text())
+    return model_state, ema_state, trainer_state, meta
+
+
+def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints and stale temporary folders."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
+            shutil.rmtree(p, ignore_errors=True)
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    latest = latest_checkpoint(root)
+    for p in list_checkpoints(root)[:-keep_last]:
+        if p != latest:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_best(ckpt_root: str | Path, src: Path, value: float) -> None:
+    """Copy checkpoint ``src`` to ``best/`` atomically (copy to a temp folder, then swap)."""
+    root = Path(ckpt_root)
+    tmp = root / f".tmp-best-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    meta = json.loads((tmp / "meta.json").read_text())
+    (tmp / "meta.json").write_text(json.dumps({**meta, "best_value": value}, indent=2) + "\n")
+    _fsync_tree(tmp)
+    best = root / "best"
+    if best.exists():
+        old = root / f".old-best-{os.getpid()}"
+        best.rename(old)
+        tmp.rename(best)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(best)
+    fsync_dir(root)

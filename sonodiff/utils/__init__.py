@@ -1,0 +1,3 @@
+"""Small shared utilities (typed configs, atomic file writes). Torch-free where possible."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""User-facing generation: pipelines over exported model directories."""
+
+__all__: list[str] = []

@@ -1,0 +1,108 @@
+"""Exported model directories: what `sonodiff export` writes and `Pipeline.from_pretrained` reads.
+
+::
+
+    MODEL_DIR/
+        config.json          {"format": "sonodiff-model", "format_version": 1, "model": {network, network_config,
+                              param, sigma_data, conditioning}, "sampling": {...}, "audio": {...}, "source": {...}}
+        model.safetensors    EMA weights of the denoiser and of the trainable conditioner parts
+        codec/               codec config + fitted statistics (config.json, stats.safetensors)
+
+Frozen pretrained text encoders are not copied: ``model.conditioning`` records where to load them from.
+All files are written atomically; a missing or corrupt file gives an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from sonodiff.utils.atomic import atomic_path, atomic_write_json
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_model_dir", "load_model_dir", "weights_hash"]
+
+FORMAT = "sonodiff-model"
+FORMAT_VERSION = 1
+
+
+def weights_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def save_model_dir(out: str | Path, *, model_state: dict, spec: dict, codec, sampling: dict, audio: dict,
+                   source: dict) -> Path:
+    from safetensors.torch import save_file
+
+    from sonodiff import __version__
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp))
+    codec.save(out / "codec")
+    atomic_write_json(out / "config.json", {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "sonodiff_version": __version__,
+        "model": spec, "sampling": sampling, "audio": audio, "source": source,
+        "weights_sha256_16": weights_hash(out / "model.safetensors"),
+    })
+    return out
+
+
+def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
+    """(DiffusionModel in eval mode, codec, config dict) of an exported directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sonodiff.audio.codecs import load_codec
+    from sonodiff.core.denoiser import Preconditioned
+    from sonodiff.nn import build_network
+    from sonodiff.train.build import DiffusionModel, conditioner_from_spec
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory {str(p)!r} does not exist")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} is missing: {p} is not an exported sonodiff model (see `sonodiff export`)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format {cfg.get('format')!r} is not {FORMAT!r}")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: format_version {cfg.get('format_version')} is not supported "
+                         f"(this sonodiff reads {FORMAT_VERSION})")
+    m = cfg["model"]
+    net = build_network(m["network"], m["network_config"])
+    conditioner = conditioner_from_spec(m["conditioning"])
+    den = Preconditioned(net, m["param"], sigma_data=m["sigma_data"])
+    model = DiffusionModel(den, conditioner)
+    wpath = p / "model.safetensors"
+    if not wpath.is_file():
+        raise FileNotFoundError(f"{wpath} is missing")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{wpath} is corrupt or not a safetensors file ({e})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = _frozen_prefixes(model)
+    missing = [k for k in missing if not k.startswith(frozen)]
+    if missing or unexpected:
+        raise ValueError(f"{wpath} does not match the architecture in config.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    codec = load_codec(p / "codec")
+    model.to(device).eval()
+    return model, codec, cfg
+
+
+def _frozen_prefixes(model) -> tuple[str, ...]:
+    c = model.conditioner
+    return tuple(getattr(c, "frozen_prefixes", lambda: ())()) if c is not None else ()

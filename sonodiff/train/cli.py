@@ -1,0 +1,62 @@
+"""`sonodiff train RECIPE.toml --out RUN_DIR [--set key=value ...] [--dry-run]` and `sonodiff export`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _resolve_recipe(name: str):
+    from pathlib import Path
+
+    p = Path(name)
+    if p.is_file():
+        return p
+    repo_recipes = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.toml"
+    if repo_recipes.is_file():
+        return repo_recipes
+    raise FileNotFoundError(f"recipe {name!r} is neither a file nor a recipe name in {repo_recipes.parent}")
+
+
+def _train(args) -> int:
+    from sonodiff.train.config import load_config
+    from sonodiff.train.loop import train
+    from sonodiff.utils.config import ConfigError
+
+    try:
+        cfg = load_config(_resolve_recipe(args.recipe), args.set or [])
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("resolved config:")
+    print(json.dumps(cfg.to_dict(), indent=2))
+    result = train(cfg, args.out, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"done: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
+              f"{result.skipped_steps} skipped steps; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _export(args) -> int:
+    from sonodiff.train.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.checkpoint)
+    print(f"exported {args.run_dir} -> {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train (or resume) a model from a TOML recipe",
+                       description="Train a diffusion model. Running the same command again on an existing RUN_DIR "
+                                   "resumes from its latest checkpoint. Multi-GPU / multi-node: launch with torchrun.")
+    p.add_argument("recipe", help="a recipe file or the name of one in recipes/ (e.g. tiny_debug)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, tb/, demos/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. optim.lr=1e-4")
+    p.add_argument("--dry-run", action="store_true", help="check config and data, print model size and a step-time "
+                                                         "estimate, do not train")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("export", help="write the inference directory (EMA weights) of a training run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), best, or a folder such as step_00001000")
+    p.set_defaults(func=_export)

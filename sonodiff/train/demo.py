@@ -1,0 +1,105 @@
+"""Periodic demo generations during training: fixed prompts and seeds, so runs and steps are comparable.
+
+Written to ``RUN_DIR/demos/step_XXXXXXXX/{k}_{prompt}.wav`` and ``.png`` (log-mel image) and to
+TensorBoard (audio and image). Mel models are voiced with Griffin-Lim.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["write_demos", "spectrogram_png", "features_to_audio"]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "_", str(text)).strip("_")[:40] or "uncond"
+
+
+def features_to_audio(codec, z: torch.Tensor) -> torch.Tensor:
+    """Diffusion-space features ``[B, C, ...]`` -> audio ``[B, C, T]`` (Griffin-Lim for mel codecs)."""
+    data = codec.decode(z)
+    if codec.name == "mel":
+        from sonodiff.audio.vocoder import GriffinLimVocoder
+        from sonodiff.audio.features import MelConfig
+        import dataclasses
+
+        mc = MelConfig(**{f.name: getattr(codec.config, f.name) for f in dataclasses.fields(MelConfig)})
+        return GriffinLimVocoder(mc)(data)
+    return data
+
+
+def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "numpy.ndarray":
+    """Save a ``[n_mels, frames]`` (or ``[C, n_mels, frames]``) feature image as PNG; return it as HWC uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    f = feats.detach().float().cpu()
+    while f.ndim > 2:
+        f = f[0]
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    im = ax.imshow(f.numpy(), origin="lower", aspect="auto", cmap="magma")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("mel bin")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    from sonodiff.utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return img
+
+
+@torch.no_grad()
+def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, device) -> list[Path]:
+    from sonodiff.audio.codecs import load_codec
+    from sonodiff.audio.io import peak_normalize, save_audio
+    from sonodiff.pipelines.sampling import generate_latents
+
+    codec = load_codec(Path(fdir) / "codec")
+    d = cfg.demo
+    prompts = list(d.prompts) if d.prompts else [None]
+    if model.conditioner is None:
+        prompts = [None] * max(1, len(prompts))
+    seeds = [d.seed + i for i in range(len(prompts))]
+    demo_frames = frames if not d.seconds else _frames(codec, d.seconds)
+    shape = tuple(_example_shape(codec)) + (demo_frames,)
+    cond = model.cond(prompts, device=device) if prompts[0] is not None else None
+    model.eval()
+    z = generate_latents(model.denoiser, shape, seeds, cond=cond, guidance_scale=d.guidance_scale,
+                         num_steps=d.steps, sampler=d.sampler, schedule=d.schedule,
+                         sigma_min=cfg.model.sigma_min, sigma_max=cfg.model.sigma_max, device=device)
+    audio = features_to_audio(codec, z.cpu())
+    out = Path(run_dir) / "demos" / f"step_{step:08d}"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, (p, a) in enumerate(zip(prompts, audio)):
+        name = f"{k}_{_slug(p) if p is not None else 'uncond'}"
+        a = peak_normalize(a, -1.0) if a.abs().max() > 0 else a
+        written.append(save_audio(out / f"{name}.wav", a, codec.sample_rate))
+        img = spectrogram_png(out / f"{name}.png", codec.decode(z[k:k + 1])[0], title=f"step {step}: {p or 'uncond'}")
+        logger.audio(f"demo/{name}", step, a, codec.sample_rate)
+        logger.image(f"demo_spec/{name}", step, img)
+    return written
+
+
+def _frames(codec, seconds: float) -> int:
+    from sonodiff.train.build import frames_for_seconds
+
+    return frames_for_seconds(codec, seconds)
+
+
+def _example_shape(codec) -> list[int]:
+    with torch.no_grad():
+        f = codec.analyze(torch.zeros(1, codec.channels, codec.sample_rate // 4))
+    return list(f.shape[1:-1])

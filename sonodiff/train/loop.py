@@ -1,0 +1,342 @@
+"""The training loop: ``sonodiff train RECIPE.toml --out RUN_DIR`` and ``sonodiff.train.train(config, run_dir)``.
+
+Read top to bottom: set up (distributed, device, data cache, model, optimizer, EMA), resume if RUN_DIR has
+a checkpoint, then for each optimizer step: micro-batches -> loss -> backward -> guard -> clip -> step ->
+EMA -> log / validate / checkpoint / demo. Multi-GPU and multi-node through torchrun (DDP); each rank
+takes a contiguous slice of the global batch, and all randomness is a function of (seed, sample
+position), so W ranks reproduce one process with the same global batch and a resumed run reproduces
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sonodiff.core.schedules import sample_sigmas
+from sonodiff.train.build import build_model, conditioning_values, frames_for_seconds
+from sonodiff.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_best, save_checkpoint
+from sonodiff.train.config import Config
+from sonodiff.train.data import FeatureSet, batch_positions, example_generator
+from sonodiff.train.ema import EMA
+from sonodiff.train.logging import MetricsLogger
+from sonodiff.utils.atomic import atomic_write_json
+
+__all__ = ["train", "TrainResult", "NonFiniteError"]
+
+SIGMA_BUCKETS = (0.05, 0.3, 1.0, 5.0)  # edges of the per-noise-level loss buckets
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with non-finite loss or gradients."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    step: int
+    losses: tuple[float, ...]  # mean training loss of every optimizer step run in this call
+    skipped_steps: int
+    checkpoint: str
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SONODIFF_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _lr_factor(step: int, cfg: Config) -> float:
+    o, total = cfg.optim, cfg.train.steps
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _prepare_data(cfg: Config, rank: int, log) -> Path:
+    """Bring the feature cache up to date (rank 0; the others wait) and return its folder."""
+    from sonodiff.audio.codecs import make_codec
+    from sonodiff.data.cache import feature_dir, prepare
+
+    codec = make_codec(cfg.codec.name, **cfg.codec.options)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".sonodiff_cache"
+    if rank == 0:
+        report = prepare(cfg.data.root, codec, cache_dir=cache_dir, layout=cfg.data.layout,
+                         workers=cfg.data.prepare_workers, log=log)
+        log(f"feature cache: {report.summary()}")
+        if report.bad:
+            log(f"{len(report.bad)} bad entries skipped (listed in {report.cache_dir}/report.json)")
+    if dist.is_initialized():
+        dist.barrier()
+    return feature_dir(cache_dir, codec)
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def _make_batch(ds: FeatureSet, positions: range, cfg: Config, model, device):
+    """Examples, noise levels, noise and CFG-dropout flags for global sample ``positions``."""
+    xs, masks, metas, sigmas, noises, drops = [], [], [], [], [], []
+    m = cfg.model
+    for p in positions:
+        g = example_generator(cfg.train.seed, p)
+        ex = ds.example(ds.index_at(cfg.train.seed, p), g)
+        xs.append(ex.x0)
+        masks.append(ex.mask)
+        metas.append(ex.meta)
+        sigmas.append(sample_sigmas(m.density, 1, generator=g, **m.density_options))
+        noises.append(torch.randn(ex.x0.shape, generator=g))
+        drops.append(bool(torch.rand(1, generator=g) < cfg.conditioning.dropout))
+    values = conditioning_values(metas, cfg.conditioning.field) if model.conditioner is not None else None
+    return (torch.stack(xs).to(device), torch.cat(sigmas).to(device), torch.stack(noises).to(device),
+            torch.stack(masks).to(device), values, torch.tensor(drops, device=device))
+
+
+def _bucket(sigma: torch.Tensor) -> torch.Tensor:
+    return torch.bucketize(sigma.float(), torch.tensor(SIGMA_BUCKETS, device=sigma.device))
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=print) -> TrainResult:
+    cfg, run_dir = config, Path(run_dir)
+    rank, world, local_rank = _distributed()
+    is_main = rank == 0
+    log = log if is_main else (lambda *a, **k: None)
+    device = _device(cfg.train.device, local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    torch.manual_seed(cfg.train.seed)  # parameter initialisation: identical on every rank
+
+    # data and model
+    fdir = _prepare_data(cfg, rank, log)
+    frames = frames_for_seconds(_codec_of(fdir), cfg.data.seconds)
+    ds = FeatureSet(fdir, cfg.data.split, frames, cfg.data.crop, cfg.data.max_items)
+    valid = _valid_set(cfg, fdir, frames)
+    labels = ds.labels(cfg.conditioning.field) if cfg.conditioning.type == "class_label" else None
+    model, spec = build_model(cfg, ds.shape, labels)
+    model.to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{len(ds)} training examples of shape {list(ds.shape)}; model {n_params / 1e6:.2f} M trainable parameters")
+    if dry_run:
+        return _dry_run(cfg, ds, model, device, run_dir, log)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay, fused=device.type == "cuda")
+    ema = EMA(model, cfg.train.ema_half_life, cfg.train.ema_rampup)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+
+    # resume
+    step, samples, bad_run, skipped, best = 0, 0, 0, 0, math.inf
+    ckpt_root = run_dir / "checkpoints"
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        ms, es, ts, meta = load_checkpoint(latest, device)
+        model.load_state_dict(ms)
+        ema.load_state_dict(es)
+        opt.load_state_dict(ts["optimizer"])
+        scaler.load_state_dict(ts["scaler"])
+        step, samples, skipped, best = int(ts["step"]), int(ts["samples"]), int(ts["skipped"]), float(ts["best"])
+        log(f"resumed from {latest} at step {step}")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {"config": cfg.to_dict(), "model": spec, "feature_dir": str(fdir)})
+    logger = MetricsLogger(run_dir, enabled=is_main, tensorboard=cfg.train.tensorboard)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    fwd = torch.compile(ddp_model) if cfg.train.compile else ddp_model
+    model.train()
+    losses: list[float] = []
+    acc, t_last = cfg.optim.accumulate, time.perf_counter()
+    pbar = _progress(cfg, step, is_main)
+    while step < cfg.train.steps:
+        for group in opt.param_groups:
+            group["lr"] = cfg.optim.lr * _lr_factor(step, cfg)
+        torch.manual_seed(cfg.train.seed + 1_000_003 * step + 7919 * rank)  # dropout inside the network
+        step_loss = torch.zeros((), device=device)
+        bucket_sum = torch.zeros(len(SIGMA_BUCKETS) + 1, device=device)
+        bucket_n = torch.zeros(len(SIGMA_BUCKETS) + 1, device=device)
+        for micro in range(acc):
+            pos = batch_positions(step, cfg.train.batch_size, micro, acc, rank, world)
+            x0, sigma, noise, mask, values, drop = _make_batch(ds, pos, cfg, model, device)
+            sync = nullcontext() if (world == 1 or micro == acc - 1) else ddp_model.no_sync()
+            with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                per_ex = fwd(x0, sigma, noise, mask, values, drop)
+            scaler.scale(per_ex.mean() / acc).backward()
+            step_loss += per_ex.detach().mean() / acc
+            b = _bucket(sigma)
+            bucket_sum.index_add_(0, b, per_ex.detach().float())
+            bucket_n.index_add_(0, b, torch.ones_like(per_ex.detach().float()))
+        if world > 1:
+            for t in (step_loss, bucket_sum, bucket_n):
+                dist.all_reduce(t)
+            step_loss /= world
+        scaler.unscale_(opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        if not (torch.isfinite(step_loss) and torch.isfinite(gnorm)):
+            opt.zero_grad(set_to_none=True)
+            scaler.update()
+            skipped += 1
+            bad_run += 1
+            log(f"step {step}: non-finite loss ({step_loss.item()}) or grad norm ({gnorm.item()}); step skipped")
+            if bad_run >= cfg.train.max_bad_steps:
+                path = latest_checkpoint(ckpt_root)
+                raise NonFiniteError(
+                    f"{bad_run} consecutive non-finite steps (up to step {step}); aborting. The last good state is "
+                    f"{path if path else 'not saved yet (no checkpoint)'}; lower optim.lr, raise optim.warmup_steps or "
+                    f"use precision='fp32'")
+            continue
+        bad_run = 0
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        samples += cfg.train.batch_size
+        ema.update(model, cfg.train.batch_size, samples)
+        step += 1
+        losses.append(step_loss.item())
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            now = time.perf_counter()
+            rate = cfg.train.log_every * cfg.train.batch_size / max(now - t_last, 1e-9)
+            t_last = now
+            scalars = {"loss": losses[-1], "grad_norm": gnorm.item(), "lr": opt.param_groups[0]["lr"],
+                       "examples_per_s": rate, "skipped_steps": skipped}
+            for i, (s, n) in enumerate(zip(bucket_sum.tolist(), bucket_n.tolist())):
+                if n > 0:
+                    scalars[f"loss_sigma_bucket/{_bucket_name(i)}"] = s / n
+            if device.type == "cuda":
+                scalars["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            logger.scalars(step, scalars)
+        if valid is not None and cfg.train.valid_every and step % cfg.train.valid_every == 0:
+            vloss = _validate(ema.model, valid, cfg, device)
+            logger.scalars(step, {"valid_loss": vloss})
+        else:
+            vloss = None
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            if is_main:
+                ckpt = save_checkpoint(
+                    ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
+                    trainer_state={"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                                   "samples": samples, "skipped": skipped, "best": best},
+                    meta={"samples": samples, "loss": losses[-1], "valid_loss": vloss})
+                if vloss is not None and vloss < best:
+                    best = vloss
+                    save_best(ckpt_root, ckpt, vloss)
+                prune_checkpoints(ckpt_root, cfg.train.keep_last)
+            if dist.is_initialized():
+                dist.barrier()
+        if is_main and ((cfg.demo.every and step % cfg.demo.every == 0) or step == cfg.train.steps):
+            from sonodiff.train.demo import write_demos
+
+            write_demos(ema.model, cfg, fdir, frames, step, run_dir, logger, device)
+    if pbar is not None:
+        pbar.close()
+    logger.close()
+    final = latest_checkpoint(ckpt_root)
+    return TrainResult(str(run_dir), step, tuple(losses), skipped, str(final) if final else "")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _codec_of(fdir: Path):
+    from sonodiff.audio.codecs import load_codec
+
+    return load_codec(fdir / "codec")
+
+
+def _valid_set(cfg: Config, fdir: Path, frames: int) -> FeatureSet | None:
+    if not cfg.data.valid_split or not cfg.train.valid_every:
+        return None
+    try:
+        return FeatureSet(fdir, cfg.data.valid_split, frames, "start")
+    except ValueError:
+        return None  # no items in that split
+
+
+@torch.no_grad()
+def _validate(model, ds: FeatureSet, cfg: Config, device) -> float:
+    """Mean loss over fixed validation examples with fixed noise (comparable across steps)."""
+    model.eval()
+    total, n = 0.0, 0
+    per = max(1, cfg.train.batch_size)
+    for b in range(cfg.train.valid_batches):
+        pos = range(b * per, min((b + 1) * per, len(ds)))
+        if len(pos) == 0:
+            break
+        xs, masks, metas, sig, noi = [], [], [], [], []
+        for p in pos:
+            g = example_generator(cfg.train.seed, p, stream="valid")
+            ex = ds.example(p, g)
+            xs.append(ex.x0), masks.append(ex.mask), metas.append(ex.meta)
+            sig.append(sample_sigmas(cfg.model.density, 1, generator=g, **cfg.model.density_options))
+            noi.append(torch.randn(ex.x0.shape, generator=g))
+        values = conditioning_values(metas, cfg.conditioning.field) if model.conditioner is not None else None
+        loss = model(torch.stack(xs).to(device), torch.cat(sig).to(device), torch.stack(noi).to(device),
+                     torch.stack(masks).to(device), values, None)
+        total += loss.sum().item()
+        n += len(pos)
+    model.train()
+    return total / max(n, 1)
+
+
+def _bucket_name(i: int) -> str:
+    edges = ("0",) + tuple(str(e) for e in SIGMA_BUCKETS) + ("inf",)
+    return f"{edges[i]}-{edges[i + 1]}"
+
+
+def _progress(cfg: Config, step: int, is_main: bool):
+    if not (cfg.train.progress and is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _dry_run(cfg: Config, ds, model, device, run_dir, log) -> TrainResult:
+    """Check config and data, time a few steps, print model size and a step-time estimate; no training."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+    per = cfg.train.batch_size // cfg.optim.accumulate
+    times = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        x0, sigma, noise, mask, values, drop = _make_batch(ds, range(i * per, (i + 1) * per), cfg, model, device)
+        model(x0, sigma, noise, mask, values, drop).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    t = min(times[1:]) * cfg.optim.accumulate
+    log(f"dry run: {t:.3f} s per optimizer step -> about {t * cfg.train.steps / 60:.1f} min for {cfg.train.steps} steps "
+        f"on {device}")
+    return TrainResult(str(run_dir), 0, (), 0, "")

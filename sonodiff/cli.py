@@ -18,7 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.core.cli",
     "sonodiff.data.cli",
     "sonodiff.data.corpus.cli",
-    "sonodiff.train.cli",
+    "sonodiff.training.cli",
 )
 
 

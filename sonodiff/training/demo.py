@@ -94,7 +94,7 @@ def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, devic
 
 
 def _frames(codec, seconds: float) -> int:
-    from sonodiff.train.build import frames_for_seconds
+    from sonodiff.training.build import frames_for_seconds
 
     return frames_for_seconds(codec, seconds)
 

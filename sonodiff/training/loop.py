@@ -1,4 +1,4 @@
-"""The training loop: ``sonodiff train RECIPE.toml --out RUN_DIR`` and ``sonodiff.train.train(config, run_dir)``.
+"""The training loop: ``sonodiff train RECIPE.toml --out RUN_DIR`` and ``sonodiff.training.train(config, run_dir)``.
 
 Read top to bottom: set up (distributed, device, data cache, model, optimizer, EMA), resume if RUN_DIR has
 a checkpoint, then for each optimizer step: micro-batches -> loss -> backward -> guard -> clip -> step ->
@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 
 from sonodiff.core.schedules import sample_sigmas
-from sonodiff.train.build import build_model, conditioning_values, frames_for_seconds
-from sonodiff.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_best, save_checkpoint
-from sonodiff.train.config import Config
-from sonodiff.train.data import FeatureSet, batch_positions, example_generator
-from sonodiff.train.ema import EMA
-from sonodiff.train.logging import MetricsLogger
+from sonodiff.training.build import build_model, conditioning_values, frames_for_seconds
+from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_best, save_checkpoint
+from sonodiff.training.config import Config
+from sonodiff.training.data import FeatureSet, batch_positions, example_generator
+from sonodiff.training.ema import EMA
+from sonodiff.training.logging import MetricsLogger
 from sonodiff.utils.atomic import atomic_write_json
 
 __all__ = ["train", "TrainResult", "NonFiniteError"]
@@ -210,11 +210,11 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             bad_run += 1
             log(f"step {step}: non-finite loss ({step_loss.item()}) or grad norm ({gnorm.item()}); step skipped")
             if bad_run >= cfg.train.max_bad_steps:
-                path = latest_checkpoint(ckpt_root)
+                # Skipped steps never touched the weights, so the current state is the last good one: save it.
+                path = _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, None) if is_main else None
                 raise NonFiniteError(
-                    f"{bad_run} consecutive non-finite steps (up to step {step}); aborting. The last good state is "
-                    f"{path if path else 'not saved yet (no checkpoint)'}; lower optim.lr, raise optim.warmup_steps or "
-                    f"use precision='fp32'")
+                    f"{bad_run} consecutive non-finite steps (after step {step}); aborting. The last good state is "
+                    f"saved in {path}; lower optim.lr, raise optim.warmup_steps or use precision='fp32'")
             continue
         bad_run = 0
         scaler.step(opt)
@@ -247,11 +247,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             vloss = None
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             if is_main:
-                ckpt = save_checkpoint(
-                    ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
-                    trainer_state={"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                                   "samples": samples, "skipped": skipped, "best": best},
-                    meta={"samples": samples, "loss": losses[-1], "valid_loss": vloss})
+                ckpt = _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss)
                 if vloss is not None and vloss < best:
                     best = vloss
                     save_best(ckpt_root, ckpt, vloss)
@@ -259,7 +255,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             if dist.is_initialized():
                 dist.barrier()
         if is_main and ((cfg.demo.every and step % cfg.demo.every == 0) or step == cfg.train.steps):
-            from sonodiff.train.demo import write_demos
+            from sonodiff.training.demo import write_demos
 
             write_demos(ema.model, cfg, fdir, frames, step, run_dir, logger, device)
     if pbar is not None:
@@ -270,6 +266,14 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss) -> Path:
+    return save_checkpoint(
+        ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
+        trainer_state={"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                       "samples": samples, "skipped": skipped, "best": best},
+        meta={"samples": samples, "loss": losses[-1] if losses else None, "valid_loss": vloss})
+
+
 def _codec_of(fdir: Path):
     from sonodiff.audio.codecs import load_codec
 

@@ -19,8 +19,8 @@ def _resolve_recipe(name: str):
 
 
 def _train(args) -> int:
-    from sonodiff.train.config import load_config
-    from sonodiff.train.loop import train
+    from sonodiff.training.config import load_config
+    from sonodiff.training.loop import train
     from sonodiff.utils.config import ConfigError
 
     try:
@@ -38,7 +38,7 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from sonodiff.train.export import export_run
+    from sonodiff.training.export import export_run
 
     out = export_run(args.run_dir, args.out, args.checkpoint)
     print(f"exported {args.run_dir} -> {out}")

@@ -12,8 +12,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest")
     """Export a run's EMA weights (``checkpoint``: "latest", "best" or a folder name such as step_00001000)."""
     from sonodiff.audio.codecs import load_codec
     from sonodiff.pipelines.model_dir import save_model_dir
-    from sonodiff.train.build import frames_for_seconds
-    from sonodiff.train.checkpoint import latest_checkpoint, load_checkpoint
+    from sonodiff.training.build import frames_for_seconds
+    from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sonodiff.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from sonodiff.train.ema import EMA
+from sonodiff.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from sonodiff.training.ema import EMA
 
 
 def _states(seed):
@@ -55,7 +55,7 @@ def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path):
     save_checkpoint(tmp_path, 1, model_state=ms, ema_state=ms, trainer_state=ts, meta={"ok": True})
     script = textwrap.dedent(f"""
         import torch, sys
-        from sonodiff.train.checkpoint import save_checkpoint
+        from sonodiff.training.checkpoint import save_checkpoint
         big = {{"w": torch.randn(4000, 4000)}}
         print("start", flush=True)
         for step in range(2, 1000):

@@ -59,14 +59,19 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of ``metrics.jsonl`` (a torn last line from a kill is ignored)."""
-    rows = []
+    """Rows of ``metrics.jsonl`` by step, ascending.
+
+    A torn last line from a kill is ignored; steps logged twice (logged, then killed before the next
+    checkpoint, then re-run after resuming) keep their latest row, which is the one the model continued from.
+    """
+    by_step: dict[int, dict] = {}
     p = Path(run_dir) / "metrics.jsonl"
     if not p.is_file():
-        return rows
+        return []
     for line in p.read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return rows
+        by_step[row["step"]] = row
+    return [by_step[k] for k in sorted(by_step)]

@@ -63,7 +63,7 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
     from sonodiff.audio.codecs import load_codec
     from sonodiff.core.denoiser import Preconditioned
     from sonodiff.nn import build_network
-    from sonodiff.train.build import DiffusionModel, conditioner_from_spec
+    from sonodiff.training.build import DiffusionModel, conditioner_from_spec
 
     p = Path(path)
     if not p.is_dir():

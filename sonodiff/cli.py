@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.data.cli",
     "sonodiff.data.corpus.cli",
     "sonodiff.training.cli",
+    "sonodiff.pipelines.cli",
 )
 
 

@@ -1,3 +1,5 @@
 """User-facing generation: pipelines over exported model directories."""
 
-__all__: list[str] = []
+from sonodiff.pipelines.pipeline import Generation, Pipeline
+
+__all__ = ["Pipeline", "Generation"]

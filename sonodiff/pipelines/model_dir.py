@@ -93,16 +93,9 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{wpath} is corrupt or not a safetensors file ({e})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = _frozen_prefixes(model)
-    missing = [k for k in missing if not k.startswith(frozen)]
     if missing or unexpected:
         raise ValueError(f"{wpath} does not match the architecture in config.json: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     codec = load_codec(p / "codec")
     model.to(device).eval()
     return model, codec, cfg
-
-
-def _frozen_prefixes(model) -> tuple[str, ...]:
-    c = model.conditioner
-    return tuple(getattr(c, "frozen_prefixes", lambda: ())()) if c is not None else ()

@@ -12,7 +12,20 @@ from torch import Tensor
 from sonodiff.core import get_sigmas, sample
 from sonodiff.core.cond import Cond
 
-__all__ = ["generate_latents", "seed_generators"]
+__all__ = ["generate_latents", "seed_generators", "sampling_grid", "GRID_SCHEDULES"]
+
+GRID_SCHEDULES = ("karras", "exponential", "logsnr")  # grids defined by a model's (sigma_min, sigma_max)
+
+
+def sampling_grid(schedule: str, num_steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """A float64 grid from ``sigma_max`` down to ``sigma_min`` then 0, for the schedules a model's range defines."""
+    if schedule not in GRID_SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} cannot be built from a sigma range; valid: {list(GRID_SCHEDULES)}")
+    if schedule == "logsnr":
+        import math
+
+        return get_sigmas("logsnr", num_steps, logsnr_min=-2 * math.log(sigma_max), logsnr_max=-2 * math.log(sigma_min))
+    return get_sigmas(schedule, num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
 
 
 def seed_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -31,7 +44,7 @@ def generate_latents(
     seeds: list[int],
     *,
     cond: Cond | None = None,
-    uncond: Cond | None = None,
+    negative: Cond | None = None,
     guidance_scale: float = 1.0,
     num_steps: int = 25,
     sampler: str = "dpmpp_2m",
@@ -45,12 +58,12 @@ def generate_latents(
 ) -> Tensor:
     """Sample ``len(seeds)`` examples of ``shape`` (per example, ``[C, ...]``) -> ``[B, *shape]`` float32.
 
-    ``cond`` / ``uncond``: conditioning of the B rows and its unconditional counterpart (default
-    ``cond.null_all()``); guidance applies when ``guidance_scale != 1`` and ``cond`` is given.
+    ``cond``: conditioning of the B rows; ``negative``: negative conditioning replacing the unconditional branch
+    (default: the learned null, ``cond.null_all()``); guidance applies when ``guidance_scale != 1`` and ``cond``
+    is given.
     ``x_init``: a start state at ``sigma_max`` instead of fresh noise (editing).
     """
     gens = seed_generators(list(seeds))
-    B = len(gens)
     if x_init is None:
         x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]) * sigma_max
     else:
@@ -60,12 +73,9 @@ def generate_latents(
     if cond is not None and guidance_scale != 1.0:
         from sonodiff.core.guidance import ClassifierFreeGuidance
 
-        D = ClassifierFreeGuidance(denoiser, guidance_scale, uncond=uncond)
-    if schedule in ("karras", "exponential"):
-        sigmas = get_sigmas(schedule, num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
-    else:
-        sigmas = get_sigmas(schedule, num_steps)
+        D = ClassifierFreeGuidance(denoiser, guidance_scale, negative=negative)
+    sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
-    out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens if B > 1 else gens[0],
-                 callback=callback, **(sampler_options or {}))
+    out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,
+                 **(sampler_options or {}))
     return out.float()

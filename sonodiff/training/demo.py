@@ -11,24 +11,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["write_demos", "spectrogram_png", "features_to_audio"]
+__all__ = ["write_demos", "spectrogram_png"]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "_", str(text)).strip("_")[:40] or "uncond"
-
-
-def features_to_audio(codec, z: torch.Tensor) -> torch.Tensor:
-    """Diffusion-space features ``[B, C, ...]`` -> audio ``[B, C, T]`` (Griffin-Lim for mel codecs)."""
-    data = codec.decode(z)
-    if codec.name == "mel":
-        from sonodiff.audio.vocoder import GriffinLimVocoder
-        from sonodiff.audio.features import MelConfig
-        import dataclasses
-
-        mc = MelConfig(**{f.name: getattr(codec.config, f.name) for f in dataclasses.fields(MelConfig)})
-        return GriffinLimVocoder(mc)(data)
-    return data
 
 
 def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "numpy.ndarray":
@@ -64,6 +51,7 @@ def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "
 def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, device) -> list[Path]:
     from sonodiff.audio.codecs import load_codec
     from sonodiff.audio.io import peak_normalize, save_audio
+    from sonodiff.pipelines.decode import features_to_audio
     from sonodiff.pipelines.sampling import generate_latents
 
     codec = load_codec(Path(fdir) / "codec")

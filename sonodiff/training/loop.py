@@ -137,7 +137,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     # data and model
     fdir = _prepare_data(cfg, rank, log)
     frames = frames_for_seconds(_codec_of(fdir), cfg.data.seconds)
-    ds = FeatureSet(fdir, cfg.data.split, frames, cfg.data.crop, cfg.data.max_items)
+    ds = FeatureSet(fdir, cfg.data.split, frames, cfg.data.crop, cfg.data.max_items, cfg.data.pad)
     valid = _valid_set(cfg, fdir, frames)
     labels = ds.labels(cfg.conditioning.field) if cfg.conditioning.type == "class_label" else None
     model, spec = build_model(cfg, ds.shape, labels)
@@ -284,7 +284,7 @@ def _valid_set(cfg: Config, fdir: Path, frames: int) -> FeatureSet | None:
     if not cfg.data.valid_split or not cfg.train.valid_every:
         return None
     try:
-        return FeatureSet(fdir, cfg.data.valid_split, frames, "start")
+        return FeatureSet(fdir, cfg.data.valid_split, frames, "start", pad=cfg.data.pad)
     except ValueError:
         return None  # no items in that split
 

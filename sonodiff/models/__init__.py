@@ -1,0 +1,55 @@
+"""Models that ship with sonodiff: each a folder ``sonodiff/models/<name>/`` written by ``sonodiff export``
+(config.json, model.safetensors, codec/) plus a ``MODEL_CARD.md``.
+
+``resolve_model(name_or_path)`` accepts a shipped name or any exported directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["MODELS_DIR", "DEFAULT_TEXT_MODEL", "list_models", "resolve_model", "default_model"]
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_TEXT_MODEL = "corpus_sfx_mel"  # what `sonodiff generate "..."` uses when it is shipped
+
+
+def list_models() -> dict[str, dict]:
+    """Shipped models: name -> summary (task, conditioning, sample rate, seconds, labels)."""
+    out = {}
+    for d in sorted(MODELS_DIR.iterdir()):
+        cfg = d / "config.json"
+        if d.is_dir() and cfg.is_file():
+            c = json.loads(cfg.read_text())
+            cond = c["model"]["conditioning"]
+            out[d.name] = {
+                "path": str(d),
+                "conditioning": cond["type"],
+                "labels": cond.get("config", {}).get("labels"),
+                "sample_rate": c["audio"]["sample_rate"],
+                "seconds": c["audio"]["seconds"],
+                "steps_trained": c["source"].get("step"),
+            }
+    return out
+
+
+def default_model() -> str:
+    """The shipped text-to-audio model if present, else the only/first shipped model."""
+    models = list_models()
+    if DEFAULT_TEXT_MODEL in models:
+        return DEFAULT_TEXT_MODEL
+    if models:
+        return next(iter(models))
+    raise FileNotFoundError(f"no shipped models in {MODELS_DIR}; pass --model DIR (an exported model directory)")
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A shipped model name or a directory -> the directory. Unknown names list the shipped ones."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    if isinstance(name_or_path, str) and "/" not in name_or_path and (MODELS_DIR / name_or_path).is_dir():
+        return MODELS_DIR / name_or_path
+    raise FileNotFoundError(f"model {str(name_or_path)!r} is neither a directory nor a shipped model; shipped: "
+                            f"{sorted(list_models())}")

@@ -1,0 +1,243 @@
+"""`sonodiff generate | inpaint | continue | vary | models`: the command line over :class:`Pipeline`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def _slug(text: str | None) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "_", text or "uncond").strip("_")[:48] or "x"
+
+
+def _pipe(args):
+    import torch
+
+    from sonodiff.models import default_model
+    from sonodiff.pipelines import Pipeline
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    return Pipeline.from_pretrained(args.model or default_model(), device=args.device, dtype=dtype)
+
+
+def _provenance(pipe, args, prompt, seed, **extra) -> dict:
+    from sonodiff import __version__
+
+    return {"prompt": prompt, "seed": seed, "steps": args.steps, "sampler": args.sampler or pipe.config["sampling"]["sampler"],
+            "guidance_scale": args.cfg if args.cfg is not None else pipe.config["sampling"]["guidance_scale"],
+            "negative_prompt": getattr(args, "negative", None), "model": pipe.path,
+            "model_name": pipe.config["source"].get("name"), "weights_sha256_16": pipe.config.get("weights_sha256_16"),
+            "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
+
+
+def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, features=None) -> None:
+    from sonodiff.audio.io import save_audio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    peak = float(audio.abs().max())
+    if peak > 1.0:  # generated audio can overshoot: scale it down and say so in the sidecar
+        audio = audio / peak * 0.999
+        sidecar = {**sidecar, "scaled_from_peak": peak}
+    save_audio(path, audio, sr, sidecar=sidecar)
+    if spectrogram:
+        _spectrogram(path.with_suffix(".png"), audio, sr, title=str(sidecar.get("prompt") or ""))
+
+
+def _spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sonodiff.utils.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    ax.specgram(audio[0].numpy().astype(np.float64), NFFT=512, Fs=sr, noverlap=384, cmap="magma")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (Hz)")
+    ax.set_title(title[:60], fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _outputs(out: Path, n: int) -> list[Path]:
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise ValueError(f"--out must end in .wav or .flac, got {out}")
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(n)]
+
+
+def _sampling_kwargs(args) -> dict:
+    kw = {"num_steps": args.steps, "sampler": args.sampler, "guidance_scale": args.cfg}
+    if getattr(args, "negative", None):
+        kw["negative_prompt"] = args.negative
+    return kw
+
+
+# --------------------------------------------------------------------------------------- generate
+def _generate(args) -> int:
+    from tqdm import tqdm
+
+    pipe = _pipe(args)
+    if args.prompts:
+        lines = [ln.strip() for ln in Path(args.prompts).read_text().splitlines()]
+        prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not prompts:
+            raise ValueError(f"{args.prompts} has no prompts (one per line; '#' starts a comment)")
+        out_dir = Path(args.out_dir or "outputs")
+        jobs = [(p, args.seed + i * args.n + j, out_dir / f"{i:04d}_{_slug(p)}_{j}{args.format}")
+                for i, p in enumerate(prompts) for j in range(args.n)]
+    else:
+        prompts = [args.prompt] if args.prompt is not None else None
+        outs = _outputs(Path(args.out), args.n)
+        jobs = [(args.prompt, args.seed + j, outs[j]) for j in range(args.n)]
+    todo = [j for j in jobs if not (j[2].exists() and j[2].with_suffix(".json").exists())]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} output(s) already written, skipped (delete them to regenerate)")
+    bar = tqdm(total=len(todo), desc="generate", unit="file", disable=len(todo) <= 1)
+    for k in range(0, len(todo), args.batch):
+        chunk = todo[k:k + args.batch]
+        if args.stream:
+            for prompt, seed, path in chunk:
+                _stream_one(pipe, args, prompt, seed, path)
+                bar.update(1)
+            continue
+        gen = pipe([p for p, _, _ in chunk] if chunk[0][0] is not None else None,
+                   num_per_prompt=1 if chunk[0][0] is not None else len(chunk),
+                   seeds=[s for _, s, _ in chunk], duration_s=args.duration, **_sampling_kwargs(args))
+        for (prompt, seed, path), audio in zip(chunk, gen.audio):
+            _write(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration),
+                   args.spectrogram)
+            print(f"wrote {path}")
+        bar.update(len(chunk))
+    bar.close()
+    return 0
+
+
+def _stream_one(pipe, args, prompt, seed, path: Path) -> None:
+    import torch
+
+    from sonodiff.audio.io import save_audio
+
+    if not args.duration:
+        raise ValueError("--stream needs --duration (long-form length in seconds)")
+    pieces = []
+    for i, chunk in enumerate(pipe.stream([prompt] if prompt is not None else None, duration_s=args.duration,
+                                          seeds=[seed], **_sampling_kwargs(args))):
+        pieces.append(chunk[0])
+        part = path.with_name(f"{path.stem}.part{i:03d}{path.suffix}")
+        save_audio(part, chunk[0].clamp(-1, 1), pipe.sample_rate)
+        print(f"chunk {i}: {part} ({chunk.shape[-1] / pipe.sample_rate:.2f} s)", flush=True)
+    _write(path, torch.cat(pieces, dim=-1), pipe.sample_rate,
+           _provenance(pipe, args, prompt, seed, duration_s=args.duration, streamed=True), args.spectrogram)
+    for part in path.parent.glob(f"{path.stem}.part*{path.suffix}"):
+        part.unlink()
+    print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------- editing
+def _load_input(path: str):
+    from sonodiff.audio.io import load_audio
+
+    return load_audio(path)
+
+
+def _edit(args) -> int:
+    pipe = _pipe(args)
+    audio, sr = _load_input(args.input)
+    prompts = [args.prompt] if args.prompt is not None else None
+    kw = _sampling_kwargs(args)
+    if args.command == "inpaint":
+        gen = pipe.inpaint(audio, sr, args.start, args.end, prompts, seeds=[args.seed], method=args.method, **kw)
+        extra = {"task": "inpaint", "start_s": args.start, "end_s": args.end, "method": args.method}
+    elif args.command == "continue":
+        gen = pipe.continue_audio(audio, sr, args.duration, prompts, seeds=[args.seed], **kw)
+        extra = {"task": "continue", "duration_s": args.duration}
+    else:
+        gen = pipe.vary(audio, sr, args.strength, prompts, seeds=[args.seed], **kw)
+        extra = {"task": "vary", "strength": args.strength}
+    out = _outputs(Path(args.out), 1)[0]
+    _write(out, gen.audio[0], gen.sample_rate, _provenance(pipe, args, args.prompt, args.seed, input=args.input, **extra),
+           args.spectrogram)
+    print(f"wrote {out}")
+    return 0
+
+
+def _models(args) -> int:
+    from sonodiff.models import list_models
+
+    models = list_models()
+    if not models:
+        print("no shipped models")
+    for name, m in models.items():
+        labels = f" labels={','.join(m['labels'])}" if m["labels"] else ""
+        print(f"{name:20s} {m['conditioning']:12s} {m['sample_rate']} Hz, {m['seconds']} s, trained {m['steps_trained']} steps"
+              f"{labels}")
+    if args.json:
+        print(json.dumps(models, indent=2))
+    return 0
+
+
+def _common(p, out_default: str | None) -> None:
+    p.add_argument("--model", help="a shipped model name (see `sonodiff models`) or an exported model directory")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    p.add_argument("--sampler", help="sampler name (default: the model's, usually dpmpp_2m); see `sonodiff samplers`")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--negative", help="negative prompt (replaces the unconditional branch of guidance)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first output; output k uses seed+k")
+    p.add_argument("--spectrogram", action="store_true", help="also write a PNG spectrogram next to each output")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    if out_default is not None:
+        p.add_argument("--out", default=out_default, help=f"output .wav or .flac (default {out_default})")
+
+
+def _guard(fn):
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate audio from a prompt (text or class label) or unconditionally")
+    p.add_argument("prompt", nargs="?", help='e.g. "a dog barking" (omit for an unconditional model)')
+    p.add_argument("-n", type=int, default=1, help="outputs per prompt")
+    p.add_argument("--duration", type=float, help="seconds (default: the model's training length; longer = long-form)")
+    p.add_argument("--prompts", help="a text file of prompts, one per line (batch; resumable: finished files are skipped)")
+    p.add_argument("--out-dir", help="output folder for --prompts (default outputs/)")
+    p.add_argument("--format", default=".wav", choices=[".wav", ".flac"], help="file type for --prompts outputs")
+    p.add_argument("--batch", type=int, default=8, help="outputs sampled together")
+    p.add_argument("--stream", action="store_true", help="long-form: write each finished chunk as it is ready")
+    _common(p, "out.wav")
+    p.set_defaults(func=_guard(_generate))
+
+    for name, help_ in (("inpaint", "regenerate a time span of an audio file"),
+                        ("continue", "continue an audio file past its end"),
+                        ("vary", "make a variation of an audio file (SDEdit)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("input", help="input audio file (at the model's sample rate)")
+        p.add_argument("prompt", nargs="?", help="conditioning prompt (text or class label)")
+        if name == "inpaint":
+            p.add_argument("--start", type=float, required=True, help="gap start (s)")
+            p.add_argument("--end", type=float, required=True, help="gap end (s)")
+            p.add_argument("--method", default="replace", choices=["replace", "repaint"])
+        elif name == "continue":
+            p.add_argument("--duration", type=float, required=True, help="total length of the output (s)")
+        else:
+            p.add_argument("--strength", type=float, default=0.5, help="0 = unchanged ... 1 = ignore the input")
+        _common(p, f"{name}.wav")
+        p.set_defaults(func=_guard(_edit))
+
+    p = sub.add_parser("models", help="list the models that ship with sonodiff")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_models)

@@ -1,0 +1,45 @@
+"""Diffusion-space features -> audio, and joining audio pieces without clicks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+__all__ = ["features_to_audio", "crossfade_join", "equal_power_fade"]
+
+
+def features_to_audio(codec, z: Tensor, length: int | None = None) -> Tensor:
+    """Features ``[B, C, ...]`` in diffusion space -> audio ``[B, C, T]`` at ``codec.sample_rate``.
+
+    Mel codecs are voiced with Griffin-Lim (:class:`sonodiff.audio.vocoder.GriffinLimVocoder`); ``length``
+    fixes the number of output samples (for mel: default (frames - 1) * hop).
+    """
+    data = codec.decode(z.float())
+    if codec.name == "mel":
+        from sonodiff.audio.features import MelConfig
+        from sonodiff.audio.vocoder import GriffinLimVocoder
+
+        mc = MelConfig(**{f.name: getattr(codec.config, f.name) for f in dataclasses.fields(MelConfig)})
+        return GriffinLimVocoder(mc)(data, length=length)
+    if length is not None:
+        data = data[..., :length]
+    return data
+
+
+def equal_power_fade(n: int, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """(fade_out, fade_in) ramps of ``n`` samples with fade_out^2 + fade_in^2 = 1."""
+    t = (torch.arange(n, device=device, dtype=torch.float64) + 0.5) / n
+    return torch.cos(t * torch.pi / 2).to(dtype), torch.sin(t * torch.pi / 2).to(dtype)
+
+
+def crossfade_join(a: Tensor, b: Tensor, overlap: int) -> Tensor:
+    """Join ``a`` ``[..., Ta]`` and ``b`` ``[..., Tb]`` whose last / first ``overlap`` samples cover the same time."""
+    if overlap == 0:
+        return torch.cat([a, b], dim=-1)
+    if overlap > min(a.shape[-1], b.shape[-1]):
+        raise ValueError(f"overlap {overlap} exceeds a piece ({a.shape[-1]}, {b.shape[-1]} samples)")
+    fo, fi = equal_power_fade(overlap, a.device, a.dtype)
+    mid = a[..., -overlap:] * fo + b[..., :overlap] * fi
+    return torch.cat([a[..., :-overlap], mid, b[..., overlap:]], dim=-1)

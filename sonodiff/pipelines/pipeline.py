@@ -1,0 +1,387 @@
+"""`Pipeline`: generate and edit audio with an exported sonodiff model.
+
+    pipe = Pipeline.from_pretrained("fsdd_digits_mel")            # a shipped model name or a directory
+    out = pipe(["7", "3"], seeds=[0, 1], num_steps=25)             # out.audio [B, C, T], out.sample_rate
+    gap = pipe.inpaint(audio, sr, start_s=0.2, end_s=0.4, prompts=["7"])
+    more = pipe.continue_audio(audio, sr, duration_s=2.0, prompts=["7"])
+    var = pipe.vary(audio, sr, strength=0.5, prompts=["7"])
+    for chunk in pipe.stream(["7"], duration_s=10): ...           # long-form, chunk by chunk
+
+Work happens in the model's diffusion space (e.g. normalised log-mels); editing encodes the given audio
+with the model's codec, edits there (replacement inpainting / SDEdit from :mod:`sonodiff.core.editing`),
+decodes, and composites in the audio domain so that audio outside the edited region is returned
+unchanged (short equal-power crossfades at the borders).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from sonodiff.pipelines.decode import crossfade_join, equal_power_fade, features_to_audio
+from sonodiff.pipelines.sampling import generate_latents, sampling_grid, seed_generators
+
+__all__ = ["Pipeline", "Generation", "MAX_DURATION_S"]
+
+MAX_DURATION_S = 600.0  # longer requests are almost certainly a unit mistake
+FADE_S = 0.01  # crossfade at edit borders
+
+
+@dataclass(frozen=True)
+class Generation:
+    """audio ``[B, C, T]`` float32 at ``sample_rate`` Hz; ``features`` ``[B, C, ...]`` in diffusion space."""
+
+    audio: Tensor
+    sample_rate: int
+    seeds: tuple[int, ...]
+    prompts: tuple
+    features: Tensor
+
+
+class Pipeline:
+    """An exported model (:func:`sonodiff.pipelines.model_dir.load_model_dir`) ready to sample."""
+
+    def __init__(self, model, codec, config: dict, path: str | Path = "") -> None:
+        self.model, self.codec, self.config, self.path = model, codec, config, str(path)
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "Pipeline":
+        """Load a shipped model by name (``sonodiff models``) or an exported directory."""
+        from sonodiff.models import resolve_model
+        from sonodiff.pipelines.model_dir import load_model_dir
+
+        path = resolve_model(name_or_path)
+        model, codec, config = load_model_dir(path)
+        return cls(model, codec, config, path).to(device, dtype)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
+        """Move the network (and conditioner) to ``device`` / compute ``dtype``; sampling state stays float64."""
+        if device is not None:
+            self.device = torch.device(device)
+            self.model.to(self.device)
+        if dtype is not None:
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+            self.model.denoiser.net.to(dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    @property
+    def train_seconds(self) -> float:
+        return float(self.config["audio"]["seconds"])
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.model.conditioner is not None
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Valid prompts of a class-conditional model (None for text or unconditional models)."""
+        c = self.model.conditioner
+        return list(c.config.labels) if c is not None and getattr(c.config, "labels", None) else None
+
+    def _frames(self, seconds: float) -> int:
+        from sonodiff.training.build import frames_for_seconds
+
+        return frames_for_seconds(self.codec, seconds)
+
+    def _feature_shape(self) -> tuple[int, ...]:
+        with torch.no_grad():
+            f = self.codec.analyze(torch.zeros(1, self.codec.channels, self.sample_rate // 10))
+        return tuple(f.shape[1:-1])
+
+    # ------------------------------------------------------------------ argument checks
+    def _check_duration(self, duration_s) -> float:
+        if duration_s is None:
+            return self.train_seconds
+        if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s <= 0:
+            raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s!r}")
+        if duration_s > MAX_DURATION_S:
+            raise ValueError(f"duration_s={duration_s} is over the {MAX_DURATION_S:.0f} s limit (seconds, not samples?)")
+        min_samples = self.codec.config.n_fft if self.codec.name == "mel" else 1
+        if duration_s * self.sample_rate < min_samples:
+            raise ValueError(f"duration_s={duration_s} is shorter than one analysis window ({min_samples} samples)")
+        return float(duration_s)
+
+    def _rows(self, prompts, num_per_prompt: int, seeds) -> tuple[list, list[int]]:
+        if num_per_prompt < 1:
+            raise ValueError(f"num_per_prompt must be >= 1, got {num_per_prompt}")
+        if prompts is None:
+            if self.is_conditional:
+                hint = f"; valid labels: {self.labels}" if self.labels else ""
+                raise ValueError(f"this model is conditional: give prompts{hint}")
+            rows = [None] * num_per_prompt
+        else:
+            if isinstance(prompts, str):
+                prompts = [prompts]
+            prompts = list(prompts)
+            if not prompts:
+                raise ValueError("prompts is empty")
+            for p in prompts:
+                if not isinstance(p, str) or not p.strip():
+                    raise ValueError(f"every prompt must be a non-empty string, got {p!r}")
+                if self.labels is not None and p not in self.labels:
+                    raise ValueError(f"prompt {p!r} is not a label of this class-conditional model; valid: {self.labels}")
+            if not self.is_conditional:
+                raise ValueError("this model is unconditional: call it without prompts")
+            rows = [p for p in prompts for _ in range(num_per_prompt)]
+        if seeds is None:
+            seeds = list(range(len(rows)))
+        seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != len(rows):
+            raise ValueError(f"got {len(seeds)} seeds for {len(rows)} outputs (prompts x num_per_prompt)")
+        seed_generators(seeds)  # validates
+        return rows, seeds
+
+    def _conds(self, rows: list, negative_prompt):
+        if rows[0] is None:
+            return None, None
+        cond = self.model.cond(rows, device=self.device)
+        negative = None
+        if negative_prompt is not None:
+            neg = [negative_prompt] * len(rows) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(neg) != len(rows) or any(not isinstance(n, str) or not n.strip() for n in neg):
+                raise ValueError(f"negative_prompt must be a non-empty string or one per output ({len(rows)}), got {negative_prompt!r}")
+            negative = self.model.cond(neg, device=self.device)
+        return cond, negative
+
+    def _sampling(self, num_steps, sampler, schedule, guidance_scale) -> dict:
+        s = self.config["sampling"]
+        from sonodiff.core import SAMPLERS
+
+        sampler = sampler or s["sampler"]
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid names: {sorted(SAMPLERS)}")
+        if not isinstance(num_steps, int) or num_steps < 1 or num_steps > 1000:
+            raise ValueError(f"num_steps must be an int in [1, 1000], got {num_steps!r}")
+        g = s["guidance_scale"] if guidance_scale is None else guidance_scale
+        if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        return {"num_steps": num_steps, "sampler": sampler, "schedule": schedule or s["schedule"],
+                "guidance_scale": float(g), "sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"]}
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str] | None = None, *, num_per_prompt: int = 1,
+                 negative_prompt: str | Sequence[str] | None = None, duration_s: float | None = None,
+                 num_steps: int = 25, sampler: str | None = None, schedule: str | None = None,
+                 guidance_scale: float | None = None, seeds: Sequence[int] | int | None = None,
+                 callback: Callable | None = None) -> Generation:
+        """Text/class-to-audio or unconditional generation. Sample k depends only on (prompt k, seed k).
+
+        Durations longer than the training length are generated as overlapping windows (:meth:`stream`).
+        """
+        duration_s = self._check_duration(duration_s)
+        if duration_s > self.train_seconds * 1.001:
+            chunks = list(self.stream(prompts, duration_s=duration_s, num_per_prompt=num_per_prompt,
+                                      negative_prompt=negative_prompt, num_steps=num_steps, sampler=sampler,
+                                      schedule=schedule, guidance_scale=guidance_scale, seeds=seeds))
+            rows, seeds = self._rows(prompts, num_per_prompt, seeds)
+            audio = torch.cat(chunks, dim=-1)[..., : int(round(duration_s * self.sample_rate))]
+            return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), torch.empty(0))
+        rows, seeds = self._rows(prompts, num_per_prompt, seeds)
+        cond, negative = self._conds(rows, negative_prompt)
+        z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
+                             cond=cond, negative=negative, callback=callback, device=self.device,
+                             **self._sampling(num_steps, sampler, schedule, guidance_scale))
+        audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)))
+        return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
+
+    def best_of(self, prompts, scorer: Callable[[Tensor, int, list], Tensor], num_candidates: int = 4,
+                seed: int = 0, **kwargs) -> Generation:
+        """Re-ranking: ``num_candidates`` samples per prompt, keep the one ``scorer(audio [N, C, T], sr, prompts)
+        -> [N]`` rates highest (e.g. a classifier's log-probability of the prompt's class, or CLAP similarity)."""
+        if isinstance(prompts, str) or prompts is None:
+            prompts = [prompts] if prompts is not None else None
+        n = len(prompts) if prompts is not None else 1
+        seeds = [seed + i for i in range(n * num_candidates)]
+        gen = self(prompts, num_per_prompt=num_candidates, seeds=seeds, **kwargs)
+        scores = torch.as_tensor(scorer(gen.audio, gen.sample_rate, list(gen.prompts)), dtype=torch.float64)
+        if scores.shape != (n * num_candidates,):
+            raise ValueError(f"scorer must return [{n * num_candidates}] scores, got {tuple(scores.shape)}")
+        best = scores.reshape(n, num_candidates).argmax(1) + torch.arange(n) * num_candidates
+        return Generation(gen.audio[best], gen.sample_rate, tuple(gen.seeds[i] for i in best.tolist()),
+                          tuple(gen.prompts[i] for i in best.tolist()),
+                          gen.features[best] if gen.features.numel() else gen.features)
+
+    # ------------------------------------------------------------------ editing
+    def _encode_input(self, audio: Tensor, sample_rate: int) -> Tensor:
+        if sample_rate != self.sample_rate:
+            raise ValueError(f"input audio is at {sample_rate} Hz but this model works at {self.sample_rate} Hz; "
+                             f"resample it first (sonodiff.audio.io.resample)")
+        if audio.ndim != 2 or audio.shape[0] != self.codec.channels:
+            raise ValueError(f"input audio must be [C={self.codec.channels}, T], got {tuple(audio.shape)}")
+        if audio.shape[-1] < self.sample_rate * 0.05:
+            raise ValueError(f"input audio is too short ({audio.shape[-1]} samples)")
+        with torch.no_grad():
+            return self.codec.encode(audio[None].float()).to(self.device)
+
+    def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict):
+        from sonodiff.core.editing import inpaint, repaint
+
+        cond, negative = self._conds(rows, negative_prompt)
+        D = self.model.denoiser
+        if cond is not None and sampling["guidance_scale"] != 1.0:
+            from sonodiff.core.guidance import ClassifierFreeGuidance
+
+            D = ClassifierFreeGuidance(D, sampling["guidance_scale"], negative=negative)
+        gens = seed_generators(seeds)
+        sigmas = sampling_grid(sampling["schedule"], sampling["num_steps"], sampling["sigma_min"], sampling["sigma_max"])
+        x = torch.stack([torch.randn(x_known.shape[1:], generator=g, dtype=torch.float64) for g in gens])
+        x = (x * sigmas[0]).to(self.device)
+        if method == "replace":
+            return inpaint(D, x_known, mask, x, sigmas.to(self.device), sampling["sampler"], cond=cond, generator=gens)
+        if method == "repaint":
+            return repaint(D, x_known, mask, sigmas.to(self.device), cond=cond, generator=gens)
+        raise ValueError(f"unknown inpainting method {method!r}; valid: ['repaint', 'replace']")
+
+    @torch.no_grad()
+    def inpaint(self, audio: Tensor, sample_rate: int, start_s: float, end_s: float, prompts=None, *,
+                seeds=None, method: str = "replace", negative_prompt=None, num_steps: int = 25, sampler=None,
+                schedule=None, guidance_scale=None) -> Generation:
+        """Regenerate ``[start_s, end_s)`` of ``audio [C, T]``; the rest is returned unchanged."""
+        T = audio.shape[-1]
+        dur = T / sample_rate
+        if not (0 <= start_s < end_s <= dur):
+            raise ValueError(f"need 0 <= start_s < end_s <= {dur:.3f} s (the input's length), got {start_s}, {end_s}")
+        z = self._encode_input(audio, sample_rate)
+        rows, seeds = self._rows(prompts, 1, seeds)
+        z = z.expand(len(rows), *z.shape[1:]).contiguous()
+        f0, f1 = self._frames(start_s) - 1, self._frames(end_s)
+        mask = torch.ones_like(z, dtype=torch.bool)
+        mask[..., max(f0, 0):min(f1, z.shape[-1])] = False
+        out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method,
+                                self._sampling(num_steps, sampler, schedule, guidance_scale))
+        gen = features_to_audio(self.codec, out.float().cpu(), length=T)
+        a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
+        res = torch.stack([_splice(audio, g, a, b, int(FADE_S * sample_rate)) for g in gen])
+        return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
+
+    @torch.no_grad()
+    def continue_audio(self, audio: Tensor, sample_rate: int, duration_s: float, prompts=None, *, seeds=None,
+                       negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None,
+                       guidance_scale=None) -> Generation:
+        """Continue ``audio [C, T]`` to a total of ``duration_s``; the original prefix is kept exactly."""
+        duration_s = self._check_duration(duration_s)
+        T = audio.shape[-1]
+        if duration_s * sample_rate <= T:
+            raise ValueError(f"duration_s={duration_s} must exceed the input's length ({T / sample_rate:.3f} s)")
+        z = self._encode_input(audio, sample_rate)
+        rows, seeds = self._rows(prompts, 1, seeds)
+        total = self._frames(duration_s)
+        known_frames = z.shape[-1] - 1  # the last frame straddles the end of the input
+        from sonodiff.core.editing import continuation_inputs
+
+        x_known, mask = continuation_inputs(z[..., :known_frames].expand(len(rows), *z.shape[1:-1], known_frames), total)
+        out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace",
+                                self._sampling(num_steps, sampler, schedule, guidance_scale))
+        n_out = int(round(duration_s * sample_rate))
+        gen = features_to_audio(self.codec, out.float().cpu(), length=n_out)
+        fade = int(FADE_S * sample_rate)
+        res = torch.stack([_splice(torch.nn.functional.pad(audio, (0, n_out - T)), g, T, n_out, fade) for g in gen])
+        return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
+
+    @torch.no_grad()
+    def vary(self, audio: Tensor, sample_rate: int, strength: float, prompts=None, *, seeds=None,
+             negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None) -> Generation:
+        """SDEdit variation / style transfer of ``audio [C, T]``: strength 0 returns it unchanged, 1 ignores it."""
+        from sonodiff.core.editing import sdedit_start
+        from sonodiff.core import sample
+
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+        z = self._encode_input(audio, sample_rate)
+        rows, seeds = self._rows(prompts, 1, seeds)
+        if strength == 0:  # nothing is noised, so nothing is generated: the input is the result
+            return Generation(audio[None].expand(len(rows), *audio.shape).clone(), sample_rate, tuple(seeds),
+                              tuple(rows), z.expand(len(rows), *z.shape[1:]).cpu())
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale)
+        cond, negative = self._conds(rows, negative_prompt)
+        D = self.model.denoiser
+        if cond is not None and sp["guidance_scale"] != 1.0:
+            from sonodiff.core.guidance import ClassifierFreeGuidance
+
+            D = ClassifierFreeGuidance(D, sp["guidance_scale"], negative=negative)
+        gens = seed_generators(seeds)
+        sigmas = sampling_grid(sp["schedule"], sp["num_steps"], sp["sigma_min"], sp["sigma_max"])
+        x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,
+                               generator=gens)
+        out = sample(D, x, grid, sp["sampler"], cond=cond, generator=gens) if len(grid) > 1 else x
+        res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1])
+        return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
+
+    # ------------------------------------------------------------------ long-form
+    @torch.no_grad()
+    def stream(self, prompts=None, *, duration_s: float, num_per_prompt: int = 1, overlap: float = 0.25,
+               negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None,
+               seeds=None) -> Iterator[Tensor]:
+        """Long-form generation as a stream of audio chunks ``[B, C, t]`` (concatenated: ``duration_s``).
+
+        Windows of the training length overlap by ``overlap`` of a window; each window is outpainted from
+        the previous one's tail (its first frames are the previous window's last, kept by replacement), and
+        consecutive chunks are joined with an equal-power crossfade over the overlap, so there is no click.
+        """
+        duration_s = self._check_duration(duration_s)
+        if not 0.0 < overlap < 0.9:
+            raise ValueError(f"overlap must be in (0, 0.9), got {overlap}")
+        rows, seeds = self._rows(prompts, num_per_prompt, seeds)
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale)
+        W = self._frames(self.train_seconds)
+        O = max(2, int(W * overlap))
+        hop_s = self.codec.config.hop_length / self.sample_rate if self.codec.name == "mel" else 1 / self.sample_rate
+        total = int(round(duration_s * self.sample_rate))
+        shape = self._feature_shape()
+        cond, negative = self._conds(rows, negative_prompt)
+        emitted, prev_tail, k = 0, None, 0
+        z_prev = None
+        while emitted < total:
+            win_seeds = [s * 1_000_003 + k for s in seeds]  # window k of sample s: independent of the batch
+            if z_prev is None:
+                z = generate_latents(self.model.denoiser, shape + (W,), win_seeds, cond=cond, negative=negative,
+                                     device=self.device, **sp)
+            else:
+                x_known = torch.zeros((len(rows),) + shape + (W,), dtype=torch.float64, device=self.device)
+                x_known[..., :O] = z_prev[..., -O:]
+                mask = torch.zeros_like(x_known, dtype=torch.bool)
+                mask[..., :O] = True
+                z = self._edit_sample(x_known, mask, rows, win_seeds, negative_prompt, "replace", sp).float()
+            audio = features_to_audio(self.codec, z.cpu(), length=int(round((W - 1) * hop_s * self.sample_rate)))
+            ov = int(round((O - 1) * hop_s * self.sample_rate))
+            if prev_tail is None:
+                chunk, tail = audio[..., :-ov], audio[..., -ov:]
+            else:
+                joined = crossfade_join(prev_tail, audio, ov)
+                chunk, tail = joined[..., :-ov], joined[..., -ov:]
+            if emitted + chunk.shape[-1] >= total:
+                chunk = torch.cat([chunk, tail], dim=-1)
+            chunk = chunk[..., : total - emitted]
+            emitted += chunk.shape[-1]
+            prev_tail, z_prev, k = tail, z, k + 1
+            yield chunk
+
+
+def _splice(orig: Tensor, gen: Tensor, a: int, b: int, fade: int) -> Tensor:
+    """``orig [C, T]`` with ``[a, b)`` replaced by ``gen [C, T]``, equal-power crossfades of ``fade`` samples
+    placed inside the edited span (so ``orig`` outside ``[a, b)`` is returned bit for bit)."""
+    out = orig.clone()
+    out[..., a:b] = gen[..., a:b]
+    n = min(fade, (b - a) // 2)
+    if n > 0:
+        fo, fi = equal_power_fade(n, orig.device, orig.dtype)
+        if a > 0:
+            out[..., a:a + n] = orig[..., a:a + n] * fo + gen[..., a:a + n] * fi
+        if b < orig.shape[-1]:
+            out[..., b - n:b] = gen[..., b - n:b] * fo + orig[..., b - n:b] * fi
+    return out

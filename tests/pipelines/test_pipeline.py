@@ -1,0 +1,139 @@
+"""Pipelines on a tiny exported model: reproducibility, batch invariance, editing guarantees, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sonodiff.pipelines import Pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"num_steps": 4}
+
+
+def test_seeds_reproduce_and_batch_invariance(tiny_model_dir):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    a = pipe(["low", "high", "low"], seeds=[5, 6, 7], **FAST)
+    assert a.audio.shape == (3, 1, 4000) and a.sample_rate == 8000
+    b = pipe(["high"], seeds=[6], **FAST)  # sample 1 alone, in a batch of 1
+    torch.testing.assert_close(a.features[1:2], b.features, rtol=1e-5, atol=1e-5)
+    c = pipe(["low", "high", "low"], seeds=[5, 6, 7], **FAST)
+    assert torch.equal(a.features, c.features)  # bit-identical rerun on CPU
+    d = pipe(["low"], seeds=[8], **FAST)
+    assert not torch.allclose(a.features[0], d.features[0])  # a different seed gives a different sample
+
+
+def test_guidance_and_conditioning_matter(tiny_model_dir):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    lo = pipe(["low"], seeds=[0], guidance_scale=1.0, **FAST).features
+    hi = pipe(["high"], seeds=[0], guidance_scale=1.0, **FAST).features
+    assert not torch.allclose(lo, hi)
+
+
+def test_inpaint_keeps_audio_outside_the_gap(tiny_model_dir, tone):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    out = pipe.inpaint(tone, 8000, 0.1, 0.3, ["low"], seeds=[1], **FAST).audio[0]
+    a, b = int(0.1 * 8000), int(0.3 * 8000)
+    assert torch.equal(out[:, :a], tone[:, :a]) and torch.equal(out[:, b:], tone[:, b:])
+    assert not torch.allclose(out[:, a + 100:b - 100], tone[:, a + 100:b - 100])
+    rp = pipe.inpaint(tone, 8000, 0.1, 0.3, ["low"], seeds=[1], method="repaint", **FAST).audio[0]
+    assert torch.equal(rp[:, :a], tone[:, :a]) and torch.equal(rp[:, b:], tone[:, b:])
+
+
+def test_continuation_keeps_prefix_and_reaches_length(tiny_model_dir, tone):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    out = pipe.continue_audio(tone, 8000, 0.9, ["low"], seeds=[2], **FAST).audio[0]
+    assert out.shape == (1, int(0.9 * 8000))
+    assert torch.equal(out[:, :tone.shape[-1]], tone)
+    assert out[:, tone.shape[-1]:].abs().max() > 0
+
+
+def test_variation_strength_zero_returns_input(tiny_model_dir, tone):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    assert torch.equal(pipe.vary(tone, 8000, 0.0, ["low"], seeds=[3]).audio[0], tone)
+    v = pipe.vary(tone, 8000, 0.6, ["low"], seeds=[3], **FAST).audio[0]
+    assert v.shape == tone.shape and not torch.allclose(v, tone)
+
+
+def test_long_form_duration_and_no_clicks(tiny_uncond_dir):
+    pipe = Pipeline.from_pretrained(tiny_uncond_dir)
+    chunks = list(pipe.stream(duration_s=2.0, seeds=[0], **FAST))
+    assert len(chunks) > 2
+    audio = torch.cat(chunks, dim=-1)
+    assert audio.shape == (1, 1, 16000)
+    full = pipe(duration_s=2.0, seeds=[0], **FAST).audio
+    torch.testing.assert_close(full, audio)
+    # no click at window joins: the largest sample-to-sample jump anywhere near a join is within the
+    # signal's normal variation (99.9th percentile of all jumps, times 2)
+    d = audio[0, 0].diff().abs()
+    normal = torch.quantile(d, 0.999)
+    joins = torch.cumsum(torch.tensor([c.shape[-1] for c in chunks[:-1]]), 0)
+    for j in joins.tolist():
+        assert d[j - 3:j + 3].max() <= 2 * normal, (j, d[j - 3:j + 3].max(), normal)
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"prompts": [""]}, "non-empty string"),
+    ({"prompts": ["loud"]}, "not a label"),
+    ({"prompts": ["low"], "duration_s": 0}, "positive number"),
+    ({"prompts": ["low"], "duration_s": -1.0}, "positive number"),
+    ({"prompts": ["low"], "duration_s": 1e6}, "limit"),
+    ({"prompts": ["low"], "sampler": "nope"}, "unknown sampler"),
+    ({"prompts": ["low"], "seeds": [1, 2]}, "2 seeds for 1 outputs"),
+    ({"prompts": None}, "conditional: give prompts"),
+])
+def test_bad_generation_input(tiny_model_dir, kwargs, msg):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    prompts = kwargs.pop("prompts")
+    with pytest.raises(ValueError, match=msg):
+        pipe(prompts, **kwargs)
+
+
+def test_bad_model_dirs_and_wrong_rate(tmp_path, tiny_model_dir, tone):
+    with pytest.raises(FileNotFoundError, match="neither a directory nor a shipped model"):
+        Pipeline.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        Pipeline.from_pretrained(tmp_path / "empty")
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt"):
+        Pipeline.from_pretrained(bad)
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="16000 Hz but this model works at 8000 Hz"):
+        pipe.vary(tone, 16000, 0.5, ["low"])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sonodiff", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_generate_sidecar_resume_and_errors(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("low\nhigh\n# a comment\nlow\n")
+    r = _cli("generate", "--prompts", str(prompts), "--out-dir", "o", "--model", str(tiny_model_dir), "--steps", "3",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    wavs = sorted((tmp_path / "o").glob("*.wav"))
+    assert len(wavs) == 3
+    side = json.loads(wavs[0].with_suffix(".json").read_text())
+    assert side["prompt"] == "low" and side["steps"] == 3 and side["weights_sha256_16"] and side["sonodiff_version"]
+    # simulate an interrupted batch: one output missing; a re-run writes only that one
+    mtimes = {w: w.stat().st_mtime_ns for w in wavs}
+    wavs[1].unlink()
+    r = _cli("generate", "--prompts", str(prompts), "--out-dir", "o", "--model", str(tiny_model_dir), "--steps", "3",
+             cwd=tmp_path)
+    assert r.returncode == 0 and "2 output(s) already written" in r.stdout
+    assert wavs[1].exists() and all(w.stat().st_mtime_ns == mtimes[w] for w in (wavs[0], wavs[2]))
+    # bad input: a clear error and no partial output
+    r = _cli("generate", "loud", "--model", str(tiny_model_dir), "--out", "x.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "not a label" in r.stderr and not (tmp_path / "x.wav").exists()
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--duration", "-2", "--out", "y.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "positive" in r.stderr and not (tmp_path / "y.wav").exists()
+    assert not list(tmp_path.glob(".*.tmp"))

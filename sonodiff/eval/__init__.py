@@ -1,0 +1,3 @@
+"""Evaluation: in-house classifier scores and Frechet distances."""
+
+__all__: list[str] = []

@@ -109,7 +109,10 @@ def vp_timesteps(num_steps: int, num_train_timesteps: int, spacing: str, steps_o
     elif spacing == "leading":
         t = (torch.arange(num_steps, dtype=_F64) * (T // num_steps)).flip(0) + steps_offset
     elif spacing == "trailing":
-        t = torch.arange(T, 0, -T / num_steps, dtype=_F64).round() - 1
+        # T + k * (T/N - T)/... as a product, not torch.arange(T, 0, -T/N), which overshoots to -1 for some N
+        # by accumulated rounding; round-half-even then matches numpy (diffusers) on the .5 ties.
+        delta = (T - T / num_steps) - T
+        t = (T + torch.arange(num_steps, dtype=_F64) * delta).round() - 1
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; valid: ['leading', 'linspace', 'trailing']")
     if t.max() > T - 1:

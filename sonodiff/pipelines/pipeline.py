@@ -228,15 +228,20 @@ class Pipeline:
         with torch.no_grad():
             return self.codec.encode(audio[None].float()).to(self.device)
 
+    def _guided(self, rows, negative_prompt, guidance_scale: float):
+        """(denoiser with classifier-free guidance when it applies, cond) for the given rows."""
+        cond, negative = self._conds(rows, negative_prompt)
+        D = self.model.denoiser
+        if cond is not None and guidance_scale != 1.0:
+            from sonodiff.core.guidance import ClassifierFreeGuidance
+
+            D = ClassifierFreeGuidance(D, guidance_scale, negative=negative)
+        return D, cond
+
     def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict):
         from sonodiff.core.editing import inpaint, repaint
 
-        cond, negative = self._conds(rows, negative_prompt)
-        D = self.model.denoiser
-        if cond is not None and sampling["guidance_scale"] != 1.0:
-            from sonodiff.core.guidance import ClassifierFreeGuidance
-
-            D = ClassifierFreeGuidance(D, sampling["guidance_scale"], negative=negative)
+        D, cond = self._guided(rows, negative_prompt, sampling["guidance_scale"])
         gens = seed_generators(seeds)
         sigmas = sampling_grid(sampling["schedule"], sampling["num_steps"], sampling["sigma_min"], sampling["sigma_max"])
         x = torch.stack([torch.randn(x_known.shape[1:], generator=g, dtype=torch.float64) for g in gens])
@@ -308,12 +313,7 @@ class Pipeline:
             return Generation(audio[None].expand(len(rows), *audio.shape).clone(), sample_rate, tuple(seeds),
                               tuple(rows), z.expand(len(rows), *z.shape[1:]).cpu())
         sp = self._sampling(num_steps, sampler, schedule, guidance_scale)
-        cond, negative = self._conds(rows, negative_prompt)
-        D = self.model.denoiser
-        if cond is not None and sp["guidance_scale"] != 1.0:
-            from sonodiff.core.guidance import ClassifierFreeGuidance
-
-            D = ClassifierFreeGuidance(D, sp["guidance_scale"], negative=negative)
+        D, cond = self._guided(rows, negative_prompt, sp["guidance_scale"])
         gens = seed_generators(seeds)
         sigmas = sampling_grid(sp["schedule"], sp["num_steps"], sp["sigma_min"], sp["sigma_max"])
         x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,

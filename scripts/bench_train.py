@@ -59,12 +59,14 @@ def diffusers_step_fn(device, dtype, compile_, target):
                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                                  layers_per_block=2, cross_attention_dim=TOKEN_DIM, attention_head_dim=[c // 64 for c in ch],
-                                 norm_num_groups=32)
+                                 norm_num_groups=8)
         n = sum(p.numel() for p in m.parameters())
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (m, n)
         if n > 1.1 * target:
             break
+    if abs(best[1] - target) > 0.1 * target:
+        raise SystemExit(f"no diffusers width within 10% of {target} parameters (closest {best[1]})")
     net = best[0].to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(net) if compile_ else net

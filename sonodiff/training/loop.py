@@ -176,6 +176,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     fwd = torch.compile(ddp_model) if cfg.train.compile else ddp_model
     model.train()
+    stop = _StopFlag()  # SIGTERM / SIGINT: finish the step, checkpoint it, return
     losses: list[float] = []
     acc, t_last = cfg.optim.accumulate, time.perf_counter()
     pbar = _progress(cfg, step, is_main)
@@ -254,10 +255,16 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
                 prune_checkpoints(ckpt_root, cfg.train.keep_last)
             if dist.is_initialized():
                 dist.barrier()
+        if stop.requested(world, device):
+            if is_main:
+                _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss)
+                log(f"stopped by signal at step {step}; checkpoint saved, run the same command to resume")
+            break
         if is_main and ((cfg.demo.every and step % cfg.demo.every == 0) or step == cfg.train.steps):
             from sonodiff.training.demo import write_demos
 
             write_demos(ema.model, cfg, fdir, frames, step, run_dir, logger, device)
+    stop.restore()
     if pbar is not None:
         pbar.close()
     logger.close()
@@ -266,6 +273,36 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+class _StopFlag:
+    """Turns SIGTERM / SIGINT into a request honoured after the current step (all ranks agree on it)."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.flag = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def requested(self, world: int, device) -> bool:
+        if world == 1:
+            return self.flag
+        t = torch.tensor([1.0 if self.flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss) -> Path:
     return save_checkpoint(
         ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),

@@ -126,3 +126,22 @@ def test_config_errors_suggest_keys(tmp_path):
     r = _cli(["train", str(RECIPE), "--out", str(tmp_path / "x"), "--set", "data.root=x", "--set", "model.presett=a"])
     out, _ = r.communicate(timeout=120)
     assert r.returncode == 2 and "did you mean 'preset'" in out
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tones_dir, tmp_path):
+    over = small_overrides(tones_dir, run_steps=500, extra=["train.log_every=1", "train.checkpoint_every=1000"])
+    sets = [a for o in over for a in ("--set", o)]
+    p = _cli(["train", str(RECIPE), "--out", str(tmp_path / "t"), *sets])
+    t0 = time.time()
+    while len(read_metrics(tmp_path / "t")) < 3:
+        assert p.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    from sonodiff.training.checkpoint import latest_checkpoint
+
+    ck = latest_checkpoint(tmp_path / "t" / "checkpoints")
+    last = max(r["step"] for r in read_metrics(tmp_path / "t"))
+    assert ck is not None and ck.name == f"step_{last:08d}" and 3 <= last < 500
+    assert "checkpoint saved" in out

@@ -119,6 +119,28 @@ def _bucket(sigma: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(sigma.float(), torch.tensor(SIGMA_BUCKETS, device=sigma.device))
 
 
+# sections whose change makes a run's checkpoints unusable (the others, e.g. steps or logging, may change)
+_RESUME_FIXED = ("data", "codec", "model", "conditioning")
+
+
+def _check_resume_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume RUN_DIR with a config whose data, codec, model or conditioning differ from the run's."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())["config"]
+    now = cfg.to_dict()
+    diffs = []
+    for section in _RESUME_FIXED:
+        a, b = saved.get(section, {}), now.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key) and not (section == "data" and key in ("root", "cache_dir", "prepare_workers")):
+                diffs.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with a different config, so its checkpoints cannot be resumed "
+                         f"({'; '.join(diffs)}); use a new --out directory or the run's own settings")
+
+
 # ----------------------------------------------------------------------------------------------- train
 def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=print) -> TrainResult:
     cfg, run_dir = config, Path(run_dir)
@@ -159,6 +181,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     ckpt_root = run_dir / "checkpoints"
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
+        _check_resume_config(run_dir, cfg)
         ms, es, ts, meta = load_checkpoint(latest, device)
         model.load_state_dict(ms)
         ema.load_state_dict(es)

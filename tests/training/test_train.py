@@ -145,3 +145,16 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tones_dir, tmp_p
     last = max(r["step"] for r in read_metrics(tmp_path / "t"))
     assert ck is not None and ck.name == f"step_{last:08d}" and 3 <= last < 500
     assert "checkpoint saved" in out
+
+
+def test_resume_with_a_different_model_config_is_refused_clearly(tones_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(RECIPE, small_overrides(tones_dir, run_steps=2, batch=2))
+    train(cfg, run, log=lambda *a: None)
+    # more steps is a legitimate resume ...
+    more = load_config(RECIPE, small_overrides(tones_dir, run_steps=3, batch=2))
+    assert train(more, run, log=lambda *a: None).step == 3
+    # ... a different network is not: a clear error naming the field, not a state_dict key dump
+    other = load_config(RECIPE, small_overrides(tones_dir, run_steps=4, batch=2, extra=["model.sigma_data=0.7"]))
+    with pytest.raises(ValueError, match=r"different config.*model\.sigma_data"):
+        train(other, run, log=lambda *a: None)

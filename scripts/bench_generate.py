@@ -1,11 +1,16 @@
 """Generation speed: real-time factor and peak memory of a sonodiff model vs a matched diffusers pipeline.
 
 For a model directory (or shipped name) at 10/25/50 steps and batch 1/16: seconds of audio generated per
-wall second (sampling + Griffin-Lim vocoder) and peak memory, next to a diffusers loop of matched size
-(UNet2DConditionModel with the same parameter count +-10%, DPMSolverMultistepScheduler, the same vocoder,
-the same conditioning width) in the same run. CPU runs with 2 threads; CUDA when asked and available.
+wall second (text encoding + sampling + Griffin-Lim vocoder) and peak memory, next to a diffusers loop of
+matched size in the same run: ``UNet2DConditionModel`` with the same parameter count +-10%,
+``DPMSolverMultistepScheduler`` (2nd order), the same classifier-free guidance (two network passes per step
+in one batch), the same vocoder and the same conditioning width. Every row runs in its own subprocess, so
+peak memory is that row's high-water mark (CPU: process RSS; CUDA: max allocated). CPU uses ``--threads``.
 
-    python scripts/bench_generate.py --model fsdd_digits_mel --json bench_generate.json
+Clips longer than the model's training length are generated as overlapping windows by sonodiff; the diffusers
+loop generates the whole clip in one pass (it has no long-form mode), which favours diffusers slightly.
+
+    python scripts/bench_generate.py --model corpus_sfx_mel --json bench_generate.json
     python scripts/bench_generate.py --model fsdd_digits_mel --quick
 """
 
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -25,15 +32,15 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (MB)
 
 
-def diffusers_unet(target_params: int, example_shape, cross_dim: int):
+def diffusers_unet(target_params: int, in_ch: int, cross_dim: int):
     """A UNet2DConditionModel whose parameter count is within 10% of ``target_params`` (width search)."""
     from diffusers import UNet2DConditionModel
 
     best = None
     for base in range(16, 257, 8):
         ch = (base, base * 2, base * 4)
-        m = UNet2DConditionModel(sample_size=example_shape[-2:], in_channels=example_shape[0], out_channels=example_shape[0],
-                                 block_out_channels=ch, layers_per_block=1, cross_attention_dim=cross_dim,
+        m = UNet2DConditionModel(in_channels=in_ch, out_channels=in_ch, block_out_channels=ch, layers_per_block=1,
+                                 cross_attention_dim=cross_dim,
                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                                  attention_head_dim=8, norm_num_groups=8)
@@ -42,62 +49,111 @@ def diffusers_unet(target_params: int, example_shape, cross_dim: int):
             best = (m, n)
         if n > target_params * 1.1:
             break
+    if abs(best[1] - target_params) > 0.1 * target_params:
+        raise RuntimeError(f"no diffusers width within 10% of {target_params} parameters (closest {best[1]})")
     return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="fsdd_digits_mel")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--quick", action="store_true", help="steps 10 only, batch 1 only")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
-    args = ap.parse_args()
+def run_row(args) -> dict:
+    """One (impl, steps, batch) measurement in this process."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-
-    from diffusers import DPMSolverMultistepScheduler
-
     from sonodiff.pipelines import Pipeline
     from sonodiff.pipelines.decode import features_to_audio
 
     pipe = Pipeline.from_pretrained(args.model, device=device)
-    prompt = pipe.labels[0] if pipe.labels else ("a dog barking" if pipe.is_conditional else None)
-    dur = pipe.train_seconds
-    shape = pipe._feature_shape() + (pipe._frames(dur),)
-    n_params = sum(p.numel() for p in pipe.model.denoiser.net.parameters())
-    cond_dim = pipe.model.conditioner.pooled_dim if pipe.model.conditioner is not None else 64
-    dunet, dn = diffusers_unet(n_params, shape, max(cond_dim, 8))
-    dunet.to(device).eval()
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                        beta_end=0.012)
-    steps_list = [10] if args.quick else [10, 25, 50]
+    prompt = pipe.labels[0] if pipe.labels else ("a telephone ringing" if pipe.is_conditional else None)
+    dur = args.duration
+    prompts = [prompt] * args.batch if prompt is not None else None
+    cfg = pipe.config["sampling"]["guidance_scale"] if pipe.is_conditional else 0.0
+    if args.impl == "sonodiff":
+        pipe(prompts, seeds=list(range(args.batch)), num_steps=2, duration_s=min(dur, pipe.train_seconds))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = pipe(prompts, seeds=list(range(args.batch)), num_steps=args.steps, duration_s=dur)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        assert out.audio.shape[-1] == int(round(dur * pipe.sample_rate))
+        model = args.model
+    else:
+        from diffusers import DPMSolverMultistepScheduler
+
+        shape = pipe._feature_shape() + (pipe._frames(dur),)
+        n_params = sum(p.numel() for p in pipe.model.denoiser.net.parameters())
+        cond = pipe.model.cond(prompts, device=device) if prompts is not None else None
+        tokens = cond.tokens if cond is not None and cond.tokens is not None else None
+        width = tokens.shape[-1] if tokens is not None else 64
+        dunet, dn = diffusers_unet(n_params, shape[0], width)
+        dunet.to(device).eval()
+        sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                            beta_start=0.00085, beta_end=0.012)
+        b = args.batch
+        with torch.no_grad():
+            def once(steps):
+                # text encoding as sonodiff does it, then CFG: conditional and unconditional rows in one batch
+                c = pipe.model.cond(prompts, device=device) if prompts is not None else None
+                enc = (c.tokens if c is not None and c.tokens is not None else torch.zeros(b, 1, width, device=device))
+                enc = torch.cat([enc, torch.zeros_like(enc)]) if cfg > 0 else enc
+                sched.set_timesteps(steps)
+                x = torch.randn(b, *shape, device=device) * sched.init_noise_sigma
+                for t in sched.timesteps:
+                    xin = torch.cat([x, x]) if cfg > 0 else x
+                    eps = dunet(sched.scale_model_input(xin, t), t, encoder_hidden_states=enc).sample
+                    if cfg > 0:
+                        ec, eu = eps.chunk(2)
+                        eps = eu + cfg * (ec - eu)
+                    x = sched.step(eps, t, x).prev_sample
+                return features_to_audio(pipe.codec, x.float().cpu(), length=int(round(dur * pipe.sample_rate)))
+
+            once(2)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            once(args.steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        model = f"UNet2DConditionModel({dn / 1e6:.2f}M)"
+    return {"impl": args.impl, "model": model, "device": args.device, "steps": args.steps, "batch": args.batch,
+            "duration_s": dur, "x_realtime": args.batch * dur / wall, "peak_mem_mb": peak_mb(device),
+            "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="corpus_sfx_mel")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds of audio per clip (default 4)")
+    ap.add_argument("--quick", action="store_true", help="25 steps, batch 1 only (under a minute on CPU)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: impl,steps,batch measured in a subprocess
+    args = ap.parse_args()
+    if args.row:
+        impl, steps, batch = args.row.split(",")
+        args.impl, args.steps, args.batch = impl, int(steps), int(batch)
+        print(json.dumps(run_row(args)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    steps_list = [25] if args.quick else [10, 25, 50]
     batches = [1] if args.quick else [1, 16]
     rows = []
     for steps in steps_list:
         for b in batches:
-            prompts = [prompt] * b if prompt is not None else None
-            pipe(prompts, seeds=list(range(b)), num_steps=2)  # warm-up
-            t0 = time.perf_counter()
-            pipe(prompts, seeds=list(range(b)), num_steps=steps)
-            wall = time.perf_counter() - t0
-            rows.append({"impl": "sonodiff", "model": args.model, "device": args.device, "steps": steps, "batch": b,
-                         "duration_s": dur, "x_realtime": b * dur / wall, "peak_mem_mb": peak_mb(device)})
-            # diffusers: the same sized latent, cross-attention to one token, same vocoder
-            enc = torch.randn(b, 1, max(cond_dim, 8), device=device)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                sched.set_timesteps(steps)
-                x = torch.randn(b, *shape, device=device) * sched.init_noise_sigma
-                for t in sched.timesteps:
-                    eps = dunet(sched.scale_model_input(x, t), t, encoder_hidden_states=enc).sample
-                    x = sched.step(eps, t, x).prev_sample
-                features_to_audio(pipe.codec, x.float().cpu(), length=int(dur * pipe.sample_rate))
-                wall = time.perf_counter() - t0
-            rows.append({"impl": "diffusers", "model": f"UNet2DConditionModel({dn / 1e6:.2f}M)", "device": args.device,
-                         "steps": steps, "batch": b, "duration_s": dur, "x_realtime": b * dur / wall,
-                         "peak_mem_mb": peak_mb(device)})
-    print(f"sonodiff net {n_params / 1e6:.2f} M params, diffusers UNet2DConditionModel {dn / 1e6:.2f} M params\n")
+            for impl in ("sonodiff", "diffusers"):
+                cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--duration",
+                       str(args.duration), "--threads", str(args.threads), "--row", f"{impl},{steps},{b}"]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    sys.exit(f"row {impl},{steps},{b} failed:\n{res.stderr[-3000:]}")
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"  {impl:9s} steps {steps:2d} batch {b:2d}: {r['x_realtime']:.2f}x real time", flush=True)
+    print(f"\nmodel {args.model}, {args.duration} s clips, device {args.device}"
+          f"{f', {args.threads} threads' if args.device == 'cpu' else ''}; diffusers: {rows[1]['model']}\n")
     print("| impl | steps | batch | x real-time | ratio vs diffusers | peak mem (MB) |\n|---|---|---|---|---|---|")
     for i in range(0, len(rows), 2):
         s, d = rows[i], rows[i + 1]

@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--fsdd", default="../shared/data/fsdd")
     ap.add_argument("--per-digit", type=int, default=30)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--cfg", type=float, default=None)
+    ap.add_argument("--cfg", type=float, nargs="+", default=[None],
+                    help="guidance scale(s); one generated row each (default: the model's)")
     ap.add_argument("--classifier-steps", type=int, default=800)
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
     root = Path(args.fsdd)
     n = int(round(pipe.train_seconds * sr))
     test_a, test_l = load_split(root, sr, "test")
-    train_a, train_l = load_split(root, sr, "train", limit_per_digit=50)  # 500 clips, like the test split
+    train_a, train_l = load_split(root, sr, "train", limit_per_digit=30)  # 300 clips, as many as the test split
     labels = tuple(str(d) for d in range(10))
     cfg = ClassifierConfig(labels=labels, sample_rate=sr, seconds=pipe.train_seconds)
     test_x = fix_length(test_a, n)
@@ -80,19 +81,21 @@ def main() -> None:
         resyn = features_to_audio(pipe.codec, z, length=n)[:, 0]
     row("calibration: Griffin-Lim resynthesis", resyn, test_l)
     gen_l = [d for d in labels for _ in range(args.per_digit)]
-    gen = []
-    for i in range(0, len(gen_l), 50):
-        chunk = gen_l[i:i + 50]
-        out = pipe(chunk, seeds=list(range(i, i + len(chunk))), num_steps=args.steps, guidance_scale=args.cfg)
-        gen.append(out.audio[:, 0])
-    row(f"generated ({args.steps} steps)", torch.cat(gen), gen_l)
+    for g in args.cfg:
+        gen = []
+        for i in range(0, len(gen_l), 50):
+            chunk = gen_l[i:i + 50]
+            out = pipe(chunk, seeds=list(range(i, i + len(chunk))), num_steps=args.steps, guidance_scale=g)
+            gen.append(out.audio[:, 0])
+        g_used = pipe.config["sampling"]["guidance_scale"] if g is None else g
+        row(f"generated ({args.steps} steps, cfg {g_used:g})", torch.cat(gen), gen_l)
     print(f"total {time.time() - t0:.0f} s")
     print("\n| rows | n | class accuracy | Frechet distance (in-house) |\n|---|---|---|---|")
     for r in rows:
         acc = f"{r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}" if "accuracy" in r else "-"
         print(f"| {r['row']} | {r['n']} | {acc} | {r['frechet']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "cfg": args.cfg, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     ra = U @ torch.diag(ev.clamp_min(0).sqrt()) @ U.T
     m = ra @ sb @ ra
     tr_sqrt = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * tr_sqrt)
+    d = float((mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * tr_sqrt)
+    return max(d, 0.0)  # >= 0 exactly; identical sets give round-off of either sign
 
 
 @torch.no_grad()

@@ -52,12 +52,19 @@ def _spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from sonodiff.utils.atomic import atomic_path
 
+    import torch
+
+    x = audio[0].double()
+    n_fft = 512 if len(x) >= 512 else max(16, 1 << (len(x).bit_length() - 1))
+    S = torch.stft(x, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft, dtype=x.dtype),
+                   return_complex=True, center=True).abs().pow(2)
+    db = 10 * torch.log10(S.clamp_min(1e-12))  # exact digital silence is drawn at the floor, not left blank
+    db = db.clamp_min(db.max() - 100.0).numpy()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    ax.specgram(audio[0].numpy().astype(np.float64), NFFT=512, Fs=sr, noverlap=384, cmap="magma")
+    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", extent=(0, len(x) / sr, 0, sr / 2))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     ax.set_title(title[:60], fontsize=9)

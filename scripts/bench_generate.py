@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of audio per clip (default 4)")
     ap.add_argument("--quick", action="store_true", help="25 steps, batch 1 only (under a minute on CPU)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="sampling steps (default 10 25 50)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: impl,steps,batch measured in a subprocess
@@ -138,8 +140,8 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
-    steps_list = [25] if args.quick else [10, 25, 50]
-    batches = [1] if args.quick else [1, 16]
+    steps_list = [25] if args.quick else args.steps
+    batches = [1] if args.quick else args.batches
     rows = []
     for steps in steps_list:
         for b in batches:

@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
 
-    from sonodiff.eval.classifier import ClassifierConfig, evaluate_audio, train_classifier
+    from sonodiff.eval.classifier import ClassifierConfig, rows_markdown, score_row, train_classifier
     from sonodiff.pipelines import Pipeline
     from sonodiff.pipelines.decode import features_to_audio
 
@@ -75,10 +75,7 @@ def main() -> None:
     rows = []
 
     def row(name, audio, labels_):
-        r = evaluate_audio(clf, audio, labels_, ref)
-        rows.append({"row": name, **r})
-        print(f"{name:40s} n={r['n']:4d} accuracy={r.get('accuracy', float('nan')):.3f} frechet={r['frechet']:.2f}",
-              flush=True)
+        score_row(rows, clf, name, audio, labels_, ref)
 
     row("held-out (classifier's own data)", held_x, held_l)
     row("calibration: real train", load_clips(corpus, train_rows, sr, n), [r["label"] for r in train_rows])
@@ -97,10 +94,7 @@ def main() -> None:
     row(f"generated ({args.steps} steps, from held-out captions)", torch.cat(gen), [r["label"] for r in gen_rows])
     print(f"generation {gen_s:.0f} s for {len(prompts)} clips; total {time.time() - t0:.0f} s")
     print(f"\nclassifier: {len(labels)} labels, trained on {len(held)} held-out clips\n")
-    print("| rows | n | class accuracy | Frechet distance (in-house) |\n|---|---|---|---|")
-    for r in rows:
-        acc = f"{r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}" if "accuracy" in r else "-"
-        print(f"| {r['row']} | {r['n']} | {acc} | {r['frechet']:.2f} |")
+    print(rows_markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "labels": list(labels),
                                                "classifier_train_clips": len(held), "rows": rows}, indent=2))

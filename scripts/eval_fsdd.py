@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
 
-    from sonodiff.eval.classifier import ClassifierConfig, evaluate_audio, train_classifier
+    from sonodiff.eval.classifier import ClassifierConfig, rows_markdown, score_row, train_classifier
     from sonodiff.pipelines import Pipeline
     from sonodiff.pipelines.decode import features_to_audio
 
@@ -70,9 +70,7 @@ def main() -> None:
     rows = []
 
     def row(name, audio, labels_):
-        r = evaluate_audio(clf, audio, labels_, ref)
-        rows.append({"row": name, **r})
-        print(f"{name:32s} n={r['n']:4d} accuracy={r.get('accuracy', float('nan')):.3f} frechet={r['frechet']:.2f}", flush=True)
+        score_row(rows, clf, name, audio, labels_, ref)
 
     row("real test (classifier's own data)", test_x, test_l)
     row("calibration: real train", fix_length(train_a, n), train_l)
@@ -90,10 +88,7 @@ def main() -> None:
         g_used = pipe.config["sampling"]["guidance_scale"] if g is None else g
         row(f"generated ({args.steps} steps, cfg {g_used:g})", torch.cat(gen), gen_l)
     print(f"total {time.time() - t0:.0f} s")
-    print("\n| rows | n | class accuracy | Frechet distance (in-house) |\n|---|---|---|---|")
-    for r in rows:
-        acc = f"{r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}" if "accuracy" in r else "-"
-        print(f"| {r['row']} | {r['n']} | {acc} | {r['frechet']:.2f} |")
+    print("\n" + rows_markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "cfg": args.cfg, "rows": rows}, indent=2))
 

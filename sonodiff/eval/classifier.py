@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClassifierConfig", "AudioClassifier", "train_classifier", "frechet_distance", "evaluate_audio"]
+__all__ = ["ClassifierConfig", "AudioClassifier", "train_classifier", "frechet_distance", "evaluate_audio",
+           "score_row", "rows_markdown"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,25 @@ def evaluate_audio(clf: AudioClassifier, audio: Tensor, labels: list[str] | None
         out["accuracy"] = acc
         out["accuracy_stderr"] = math.sqrt(max(acc * (1 - acc), 1e-12) / len(audio))
     return out
+
+
+def score_row(rows: list[dict], clf: AudioClassifier, name: str, audio: Tensor, labels: list[str] | None,
+              reference_embeddings: Tensor) -> dict:
+    """Evaluate ``audio``, append ``{"row": name, ...}`` to ``rows``, print a one-line summary, return the row."""
+    r = {"row": name, **evaluate_audio(clf, audio, labels, reference_embeddings)}
+    rows.append(r)
+    print(f"{name:40s} n={r['n']:4d} accuracy={r.get('accuracy', float('nan')):.3f} frechet={r['frechet']:.2f}",
+          flush=True)
+    return r
+
+
+def rows_markdown(rows: list[dict]) -> str:
+    """The rows of :func:`score_row` as a Markdown table (accuracy with its standard error)."""
+    out = ["| rows | n | class accuracy | Frechet distance (in-house) |", "|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}" if "accuracy" in r else "-"
+        out.append(f"| {r['row']} | {r['n']} | {acc} | {r['frechet']:.2f} |")
+    return "\n".join(out)
 
 
 def classifier_to_dict(clf: AudioClassifier) -> dict:

@@ -50,3 +50,11 @@ def test_classifier_learns_tones_and_evaluates():
     noise = 0.3 * torch.randn(30, audio.shape[1], generator=g)
     worse = evaluate_audio(clf, noise, None, ref)
     assert worse["frechet"] > 3 * res["frechet"], (worse, res)
+
+
+def test_rows_markdown_formats_accuracy_with_stderr_and_missing_accuracy():
+    from sonodiff.eval.classifier import rows_markdown
+
+    t = rows_markdown([{"row": "a", "n": 10, "accuracy": 0.5, "accuracy_stderr": 0.158, "frechet": 1.234},
+                       {"row": "b", "n": 3, "frechet": 0.0}]).splitlines()
+    assert t[2] == "| a | 10 | 0.500 ± 0.158 | 1.23 |" and t[3] == "| b | 3 | - | 0.00 |" and len(t) == 4

@@ -41,6 +41,21 @@ def load_clips(corpus: Path, rows: list[dict], sr: int, n: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def parse_variant(spec: str, args, seconds: float) -> dict:
+    v = {"dur": seconds, "window": None, "gi": "model"}
+    for part in filter(None, spec.split(",")):
+        key, _, val = part.partition("=")
+        if key == "dur":
+            v["dur"] = float(val)
+        elif key == "window":
+            v["window"] = float(val)
+        elif key == "gi":
+            v["gi"] = None if val == "all" else tuple(float(x) for x in val.split(":"))
+        else:
+            raise SystemExit(f"--variant {spec!r}: unknown key {key!r} (dur, window, gi)")
+    return v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="corpus_sfx_mel")
@@ -48,6 +63,11 @@ def main() -> None:
     ap.add_argument("--domain", default="sfx", choices=("sfx", "music", "speech"))
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    ap.add_argument("--variant", action="append",
+                    help="one 'generated' row per --variant, all scored by the same classifier: comma-separated "
+                         "dur=SECONDS (clip length; each training-length segment is scored), window=SECONDS "
+                         "(longest one-pass window), gi=LO:HI or gi=all (guidance interval); e.g. "
+                         "--variant dur=4,window=2 --variant dur=4,window=4,gi=0.28:5.42")
     ap.add_argument("--limit", type=int, default=None, help="generate for at most this many held-out captions")
     ap.add_argument("--classifier-steps", type=int, default=800)
     ap.add_argument("--json", help="write the rows here")
@@ -84,19 +104,36 @@ def main() -> None:
     row("calibration: Griffin-Lim resynthesis", resyn, held_l)
     gen_rows = held[: args.limit] if args.limit else held
     prompts = [r["caption"] for r in gen_rows]
-    gen = []
-    t1 = time.time()
-    for i in range(0, len(prompts), 25):
-        out = pipe(prompts[i:i + 25], seeds=list(range(i, i + len(prompts[i:i + 25]))), num_steps=args.steps,
-                   guidance_scale=args.cfg)
-        gen.append(out.audio[:, 0, :n])
-    gen_s = time.time() - t1
-    row(f"generated ({args.steps} steps, from held-out captions)", torch.cat(gen), [r["label"] for r in gen_rows])
+    variants = args.variant or [""]
+    gen_s = 0.0
+    model_window = pipe.max_window_seconds
+    for spec in variants:
+        v = parse_variant(spec, args, seconds)
+        v["window"] = v["window"] or model_window
+        pipe.config["audio"]["max_window_seconds"] = v["window"]
+        segs = max(1, int(v["dur"] / seconds + 1e-6))
+        gen, gen_labels = [], []
+        t1 = time.time()
+        for i in range(0, len(prompts), 25):
+            out = pipe(prompts[i:i + 25], seeds=list(range(i, i + len(prompts[i:i + 25]))), num_steps=args.steps,
+                       guidance_scale=args.cfg, guidance_interval=v["gi"], duration_s=v["dur"])
+            for k in range(segs):
+                gen.append(out.audio[:, 0, k * n:(k + 1) * n])
+                gen_labels += [r["label"] for r in gen_rows[i:i + 25]]
+        dt = time.time() - t1
+        gen_s += dt
+        what = f"{args.steps} steps"
+        if segs > 1:
+            what += f", {v['dur']:g} s clips ({segs} segments each) in windows of {v['window']:g} s"
+        gi = v["gi"]
+        what += "" if gi == "model" else (", guidance every step" if gi is None else f", guidance for {gi[0]:g} < sigma <= {gi[1]:g}")
+        row(f"generated ({what}; {dt:.0f} s)", torch.cat(gen), gen_labels)
     print(f"generation {gen_s:.0f} s for {len(prompts)} clips; total {time.time() - t0:.0f} s")
     print(f"\nclassifier: {len(labels)} labels, trained on {len(held)} held-out clips\n")
     print(rows_markdown(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "labels": list(labels),
+        Path(args.json).write_text(json.dumps({"model": args.model, "steps": args.steps, "variants": variants,
+                                               "cfg": args.cfg, "labels": list(labels),
                                                "classifier_train_clips": len(held), "rows": rows}, indent=2))
 
 

@@ -29,6 +29,8 @@ def _provenance(pipe, args, prompt, seed, **extra) -> dict:
 
     return {"prompt": prompt, "seed": seed, "steps": args.steps, "sampler": args.sampler or pipe.config["sampling"]["sampler"],
             "guidance_scale": args.cfg if args.cfg is not None else pipe.config["sampling"]["guidance_scale"],
+            "guidance_interval": (pipe.config["sampling"].get("guidance_interval") if args.cfg_interval is None
+                                  else None if args.cfg_interval == ["all"] else list(_interval(args.cfg_interval))),
             "negative_prompt": getattr(args, "negative", None), "model": pipe.path,
             "model_name": pipe.config["source"].get("name"), "weights_sha256_16": pipe.config.get("weights_sha256_16"),
             "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
@@ -82,9 +84,19 @@ def _outputs(out: Path, n: int) -> list[Path]:
 
 def _sampling_kwargs(args) -> dict:
     kw = {"num_steps": args.steps, "sampler": args.sampler, "guidance_scale": args.cfg}
+    if args.cfg_interval is not None:
+        kw["guidance_interval"] = None if args.cfg_interval == ["all"] else _interval(args.cfg_interval)
     if getattr(args, "negative", None):
         kw["negative_prompt"] = args.negative
     return kw
+
+
+def _interval(vals: list[str]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in vals)
+    except ValueError:
+        raise ValueError(f"--cfg-interval takes two noise levels LO HI (or 'all'), got {' '.join(vals)!r}") from None
+    return lo, hi
 
 
 # --------------------------------------------------------------------------------------- generate
@@ -196,6 +208,9 @@ def _common(p, out_default: str | None) -> None:
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--sampler", help="sampler name (default: the model's, usually dpmpp_2m); see `sonodiff samplers`")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--cfg-interval", nargs="+", metavar="LO HI",
+                   help="guide only at noise levels LO < sigma <= HI (faster: the unconditional branch is skipped "
+                        "elsewhere); 'all' guides every step (default: the model's setting)")
     p.add_argument("--negative", help="negative prompt (replaces the unconditional branch of guidance)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first output; output k uses seed+k")
     p.add_argument("--spectrogram", action="store_true", help="also write a PNG spectrogram next to each output")

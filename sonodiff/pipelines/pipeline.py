@@ -67,6 +67,10 @@ class Pipeline:
         if device is not None:
             self.device = torch.device(device)
             self.model.to(self.device)
+        if getattr(self.model.denoiser.net, "dims", None) == 2:
+            # 2-D nets run their convolutions in channels-last (NHWC) layout: oneDNN and cuDNN pick faster
+            # kernels for it (about 15% per step on 2 CPU cores for corpus_sfx_mel); numerics stay fp32.
+            self.model.denoiser.net.to(memory_format=torch.channels_last)
         if dtype is not None:
             if dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
@@ -81,6 +85,16 @@ class Pipeline:
     @property
     def train_seconds(self) -> float:
         return float(self.config["audio"]["seconds"])
+
+    @property
+    def max_window_seconds(self) -> float:
+        """Longest clip generated in one pass (``audio.max_window_seconds`` of the model's config; default the
+        training length). Longer requests are generated as overlapping windows of this length."""
+        w = self.config["audio"].get("max_window_seconds", self.train_seconds)
+        if not isinstance(w, (int, float)) or not w >= self.train_seconds:
+            raise ValueError(f"{self.path}/config.json: audio.max_window_seconds must be a number >= the training "
+                             f"length {self.train_seconds} s, got {w!r}")
+        return float(w)
 
     @property
     def is_conditional(self) -> bool:
@@ -157,7 +171,7 @@ class Pipeline:
             negative = self.model.cond(neg, device=self.device)
         return cond, negative
 
-    def _sampling(self, num_steps, sampler, schedule, guidance_scale) -> dict:
+    def _sampling(self, num_steps, sampler, schedule, guidance_scale, guidance_interval="model") -> dict:
         s = self.config["sampling"]
         from sonodiff.core import SAMPLERS
 
@@ -169,25 +183,38 @@ class Pipeline:
         g = s["guidance_scale"] if guidance_scale is None else guidance_scale
         if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        gi = s.get("guidance_interval") if isinstance(guidance_interval, str) and guidance_interval == "model" \
+            else guidance_interval
+        if gi is not None:
+            ok = (isinstance(gi, (list, tuple)) and len(gi) == 2 and all(isinstance(v, (int, float)) for v in gi)
+                  and 0 <= gi[0] < gi[1])
+            if not ok:
+                raise ValueError(f"guidance_interval must be (lo, hi) noise levels with 0 <= lo < hi, or None, got {gi!r}")
+            gi = (float(gi[0]), float(gi[1]))
         return {"num_steps": num_steps, "sampler": sampler, "schedule": schedule or s["schedule"],
-                "guidance_scale": float(g), "sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"]}
+                "guidance_scale": float(g), "guidance_interval": gi, "sigma_min": s["sigma_min"],
+                "sigma_max": s["sigma_max"]}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str] | None = None, *, num_per_prompt: int = 1,
                  negative_prompt: str | Sequence[str] | None = None, duration_s: float | None = None,
                  num_steps: int = 25, sampler: str | None = None, schedule: str | None = None,
-                 guidance_scale: float | None = None, seeds: Sequence[int] | int | None = None,
-                 callback: Callable | None = None) -> Generation:
+                 guidance_scale: float | None = None, guidance_interval="model",
+                 seeds: Sequence[int] | int | None = None, callback: Callable | None = None) -> Generation:
         """Text/class-to-audio or unconditional generation. Sample k depends only on (prompt k, seed k).
 
-        Durations longer than the training length are generated as overlapping windows (:meth:`stream`).
+        ``guidance_interval``: ``(lo, hi)``: apply guidance only at noise levels lo < sigma <= hi (Kynkaanniemi
+        et al. 2024); elsewhere the unconditional branch is skipped. ``None``: guide at every step; default: the
+        model's ``sampling.guidance_interval``. Durations up to :attr:`max_window_seconds` are generated in one
+        pass; longer ones as overlapping windows (:meth:`stream`).
         """
         duration_s = self._check_duration(duration_s)
-        if duration_s > self.train_seconds * 1.001:
+        if duration_s > self.max_window_seconds * 1.001:
             chunks = list(self.stream(prompts, duration_s=duration_s, num_per_prompt=num_per_prompt,
                                       negative_prompt=negative_prompt, num_steps=num_steps, sampler=sampler,
-                                      schedule=schedule, guidance_scale=guidance_scale, seeds=seeds))
+                                      schedule=schedule, guidance_scale=guidance_scale,
+                                      guidance_interval=guidance_interval, seeds=seeds))
             rows, seeds = self._rows(prompts, num_per_prompt, seeds)
             audio = torch.cat(chunks, dim=-1)[..., : int(round(duration_s * self.sample_rate))]
             return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), torch.empty(0))
@@ -195,7 +222,7 @@ class Pipeline:
         cond, negative = self._conds(rows, negative_prompt)
         z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
                              cond=cond, negative=negative, callback=callback, device=self.device,
-                             **self._sampling(num_steps, sampler, schedule, guidance_scale))
+                             **self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
         audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)))
         return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
 
@@ -228,20 +255,20 @@ class Pipeline:
         with torch.no_grad():
             return self.codec.encode(audio[None].float()).to(self.device)
 
-    def _guided(self, rows, negative_prompt, guidance_scale: float):
+    def _guided(self, rows, negative_prompt, guidance_scale: float, guidance_interval=None):
         """(denoiser with classifier-free guidance when it applies, cond) for the given rows."""
         cond, negative = self._conds(rows, negative_prompt)
         D = self.model.denoiser
         if cond is not None and guidance_scale != 1.0:
             from sonodiff.core.guidance import ClassifierFreeGuidance
 
-            D = ClassifierFreeGuidance(D, guidance_scale, negative=negative)
+            D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
         return D, cond
 
     def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict):
         from sonodiff.core.editing import inpaint, repaint
 
-        D, cond = self._guided(rows, negative_prompt, sampling["guidance_scale"])
+        D, cond = self._guided(rows, negative_prompt, sampling["guidance_scale"], sampling["guidance_interval"])
         gens = seed_generators(seeds)
         sigmas = sampling_grid(sampling["schedule"], sampling["num_steps"], sampling["sigma_min"], sampling["sigma_max"])
         x = torch.stack([torch.randn(x_known.shape[1:], generator=g, dtype=torch.float64) for g in gens])
@@ -255,7 +282,7 @@ class Pipeline:
     @torch.no_grad()
     def inpaint(self, audio: Tensor, sample_rate: int, start_s: float, end_s: float, prompts=None, *,
                 seeds=None, method: str = "replace", negative_prompt=None, num_steps: int = 25, sampler=None,
-                schedule=None, guidance_scale=None) -> Generation:
+                schedule=None, guidance_scale=None, guidance_interval="model") -> Generation:
         """Regenerate ``[start_s, end_s)`` of ``audio [C, T]``; the rest is returned unchanged."""
         T = audio.shape[-1]
         dur = T / sample_rate
@@ -268,7 +295,7 @@ class Pipeline:
         mask = torch.ones_like(z, dtype=torch.bool)
         mask[..., max(f0, 0):min(f1, z.shape[-1])] = False
         out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method,
-                                self._sampling(num_steps, sampler, schedule, guidance_scale))
+                                self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
         gen = features_to_audio(self.codec, out.float().cpu(), length=T)
         a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
         res = torch.stack([_splice(audio, g, a, b, int(FADE_S * sample_rate)) for g in gen])
@@ -277,7 +304,7 @@ class Pipeline:
     @torch.no_grad()
     def continue_audio(self, audio: Tensor, sample_rate: int, duration_s: float, prompts=None, *, seeds=None,
                        negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None,
-                       guidance_scale=None) -> Generation:
+                       guidance_scale=None, guidance_interval="model") -> Generation:
         """Continue ``audio [C, T]`` to a total of ``duration_s``; the original prefix is kept exactly."""
         duration_s = self._check_duration(duration_s)
         T = audio.shape[-1]
@@ -291,7 +318,7 @@ class Pipeline:
 
         x_known, mask = continuation_inputs(z[..., :known_frames].expand(len(rows), *z.shape[1:-1], known_frames), total)
         out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace",
-                                self._sampling(num_steps, sampler, schedule, guidance_scale))
+                                self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
         n_out = int(round(duration_s * sample_rate))
         gen = features_to_audio(self.codec, out.float().cpu(), length=n_out)
         fade = int(FADE_S * sample_rate)
@@ -300,7 +327,8 @@ class Pipeline:
 
     @torch.no_grad()
     def vary(self, audio: Tensor, sample_rate: int, strength: float, prompts=None, *, seeds=None,
-             negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None) -> Generation:
+             negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None,
+             guidance_interval="model") -> Generation:
         """SDEdit variation / style transfer of ``audio [C, T]``: strength 0 returns it unchanged, 1 ignores it."""
         from sonodiff.core.editing import sdedit_start
         from sonodiff.core import sample
@@ -312,8 +340,8 @@ class Pipeline:
         if strength == 0:  # nothing is noised, so nothing is generated: the input is the result
             return Generation(audio[None].expand(len(rows), *audio.shape).clone(), sample_rate, tuple(seeds),
                               tuple(rows), z.expand(len(rows), *z.shape[1:]).cpu())
-        sp = self._sampling(num_steps, sampler, schedule, guidance_scale)
-        D, cond = self._guided(rows, negative_prompt, sp["guidance_scale"])
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval)
+        D, cond = self._guided(rows, negative_prompt, sp["guidance_scale"], sp["guidance_interval"])
         gens = seed_generators(seeds)
         sigmas = sampling_grid(sp["schedule"], sp["num_steps"], sp["sigma_min"], sp["sigma_max"])
         x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,
@@ -326,10 +354,10 @@ class Pipeline:
     @torch.no_grad()
     def stream(self, prompts=None, *, duration_s: float, num_per_prompt: int = 1, overlap: float = 0.25,
                negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None,
-               seeds=None) -> Iterator[Tensor]:
+               guidance_interval="model", seeds=None) -> Iterator[Tensor]:
         """Long-form generation as a stream of audio chunks ``[B, C, t]`` (concatenated: ``duration_s``).
 
-        Windows of the training length overlap by ``overlap`` of a window; each window is outpainted from
+        Windows of :attr:`max_window_seconds` overlap by ``overlap`` of a window; each window is outpainted from
         the previous one's tail (its first frames are the previous window's last, kept by replacement), and
         consecutive chunks are joined with an equal-power crossfade over the overlap, so there is no click.
         """
@@ -337,8 +365,8 @@ class Pipeline:
         if not 0.0 < overlap < 0.9:
             raise ValueError(f"overlap must be in (0, 0.9), got {overlap}")
         rows, seeds = self._rows(prompts, num_per_prompt, seeds)
-        sp = self._sampling(num_steps, sampler, schedule, guidance_scale)
-        W = self._frames(self.train_seconds)
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval)
+        W = self._frames(self.max_window_seconds)
         O = max(2, int(W * overlap))
         hop_s = self.codec.config.hop_length / self.sample_rate if self.codec.name == "mel" else 1 / self.sample_rate
         total = int(round(duration_s * self.sample_rate))

@@ -46,6 +46,7 @@ def generate_latents(
     cond: Cond | None = None,
     negative: Cond | None = None,
     guidance_scale: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     num_steps: int = 25,
     sampler: str = "dpmpp_2m",
     schedule: str = "karras",
@@ -60,7 +61,8 @@ def generate_latents(
 
     ``cond``: conditioning of the B rows; ``negative``: negative conditioning replacing the unconditional branch
     (default: the learned null, ``cond.null_all()``); guidance applies when ``guidance_scale != 1`` and ``cond``
-    is given.
+    is given; ``guidance_interval`` ``(lo, hi)`` limits it to noise levels lo < sigma <= hi (the unconditional
+    branch is not evaluated outside).
     ``x_init``: a start state at ``sigma_max`` instead of fresh noise (editing).
     """
     gens = seed_generators(list(seeds))
@@ -73,7 +75,7 @@ def generate_latents(
     if cond is not None and guidance_scale != 1.0:
         from sonodiff.core.guidance import ClassifierFreeGuidance
 
-        D = ClassifierFreeGuidance(denoiser, guidance_scale, negative=negative)
+        D = ClassifierFreeGuidance(denoiser, guidance_scale, negative=negative, sigma_interval=guidance_interval)
     sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,

@@ -137,3 +137,61 @@ def test_cli_generate_sidecar_resume_and_errors(tiny_model_dir, tmp_path):
     r = _cli("generate", "low", "--model", str(tiny_model_dir), "--duration", "-2", "--out", "y.wav", cwd=tmp_path)
     assert r.returncode == 2 and "positive" in r.stderr and not (tmp_path / "y.wav").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_guidance_interval(tiny_model_dir):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    kw = {"seeds": [0, 1], **FAST}
+    full = pipe(["low", "high"], guidance_scale=3.0, guidance_interval=None, **kw).features
+    # an interval holding every noise level of the grid is plain guidance
+    wide = pipe(["low", "high"], guidance_scale=3.0, guidance_interval=(0.0, 1e9), **kw).features
+    torch.testing.assert_close(wide, full)
+    # an interval holding none of them is no guidance (the conditional branch alone)
+    none = pipe(["low", "high"], guidance_scale=3.0, guidance_interval=(1e6, 1e9), **kw).features
+    torch.testing.assert_close(none, pipe(["low", "high"], guidance_scale=1.0, **kw).features)
+    part = pipe(["low", "high"], guidance_scale=3.0, guidance_interval=(0.5, 5.0), **kw).features
+    assert not torch.allclose(part, full) and not torch.allclose(part, none)
+    # the model's config supplies the default
+    pipe.config["sampling"]["guidance_interval"] = [1e6, 1e9]
+    torch.testing.assert_close(pipe(["low", "high"], guidance_scale=3.0, **kw).features, none)
+    for bad in ((2.0, 1.0), (-1.0, 1.0), (1.0,), "0.3:5"):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            pipe(["low"], guidance_interval=bad, **FAST)
+
+
+def test_one_pass_window(tiny_uncond_dir):
+    pipe = Pipeline.from_pretrained(tiny_uncond_dir)
+    assert pipe.max_window_seconds == pipe.train_seconds == 0.5
+    windowed = pipe(duration_s=1.0, seeds=[0], **FAST)
+    assert windowed.features.numel() == 0 and windowed.audio.shape == (1, 1, 8000)  # stitched from windows
+    pipe.config["audio"]["max_window_seconds"] = 1.0
+    one = pipe(duration_s=1.0, seeds=[0], **FAST)
+    assert one.audio.shape == (1, 1, 8000) and one.features.shape[-1] == pipe._frames(1.0)  # a single pass
+    assert not torch.allclose(one.audio, windowed.audio)
+    # stream() uses windows of max_window_seconds too
+    chunks = list(pipe.stream(duration_s=2.0, seeds=[0], **FAST))
+    assert sum(c.shape[-1] for c in chunks) == 16000 and len(chunks) == 3
+    pipe.config["audio"]["max_window_seconds"] = 0.25
+    with pytest.raises(ValueError, match="max_window_seconds"):
+        pipe(duration_s=1.0, seeds=[0], **FAST)
+
+
+def test_two_d_nets_run_channels_last_with_the_same_numbers(tiny_model_dir):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    conv = next(m for m in pipe.model.denoiser.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    a = pipe(["low"], seeds=[4], **FAST).features
+    pipe.model.denoiser.net.to(memory_format=torch.contiguous_format)
+    b = pipe(["low"], seeds=[4], **FAST).features
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_cfg_interval(tiny_model_dir, tmp_path):
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--steps", "3", "--cfg-interval", "0.5", "5",
+             "--out", "a.wav", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["guidance_interval"] == [0.5, 5.0]
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--cfg-interval", "0.5", "--out", "b.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "--cfg-interval takes two noise levels" in r.stderr and not (tmp_path / "b.wav").exists()
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--cfg-interval", "5", "0.5", "--out", "c.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "0 <= lo < hi" in r.stderr and not (tmp_path / "c.wav").exists()

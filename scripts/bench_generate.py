@@ -7,8 +7,12 @@ matched size in the same run: ``UNet2DConditionModel`` with the same parameter c
 in one batch), the same vocoder and the same conditioning width. Every row runs in its own subprocess, so
 peak memory is that row's high-water mark (CPU: process RSS; CUDA: max allocated). CPU uses ``--threads``.
 
-Clips longer than the model's training length are generated as overlapping windows by sonodiff; the diffusers
-loop generates the whole clip in one pass (it has no long-form mode), which favours diffusers slightly.
+sonodiff generates clips up to the model's ``audio.max_window_seconds`` in one pass (longer ones as overlapping
+windows) and applies guidance only inside the model's ``sampling.guidance_interval`` when it sets one (the
+unconditional branch is skipped elsewhere); ``--full-guidance`` adds a sonodiff row that guides at every step, the
+algorithm the diffusers loop runs. Both nets run in channels-last layout (sonodiff's pipeline does this for 2-D
+nets; the diffusers UNet is converted the same way). A row that runs past ``--row-timeout`` is reported as
+"did not finish" with the upper bound it implies.
 
     python scripts/bench_generate.py --model corpus_sfx_mel --json bench_generate.json
     python scripts/bench_generate.py --model fsdd_digits_mel --quick
@@ -66,12 +70,13 @@ def run_row(args) -> dict:
     dur = args.duration
     prompts = [prompt] * args.batch if prompt is not None else None
     cfg = pipe.config["sampling"]["guidance_scale"] if pipe.is_conditional else 0.0
-    if args.impl == "sonodiff":
+    if args.impl.startswith("sonodiff"):
+        gi = None if args.impl == "sonodiff-full-guidance" else "model"
         pipe(prompts, seeds=list(range(args.batch)), num_steps=2, duration_s=min(dur, pipe.train_seconds))  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = pipe(prompts, seeds=list(range(args.batch)), num_steps=args.steps, duration_s=dur)
+        out = pipe(prompts, seeds=list(range(args.batch)), num_steps=args.steps, duration_s=dur, guidance_interval=gi)
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -87,6 +92,7 @@ def run_row(args) -> dict:
         width = tokens.shape[-1] if tokens is not None else 64
         dunet, dn = diffusers_unet(n_params, shape[0], width)
         dunet.to(device).eval()
+        dunet.to(memory_format=torch.channels_last)
         sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                             beta_start=0.00085, beta_end=0.012)
         b = args.batch
@@ -121,6 +127,23 @@ def run_row(args) -> dict:
             "wall_s": wall}
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown table; each sonodiff row's ratio is against the diffusers row of the same steps and batch."""
+    def fmt(r):
+        return f"{r['x_realtime']:.2f}" if r["x_realtime"] is not None else f"< {r['x_realtime_below']:.2f} (unfinished)"
+
+    out = ["| impl | steps | batch | x real-time | ratio vs diffusers | peak mem (MB) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = next((q for q in rows if q["impl"] == "diffusers" and q["steps"] == r["steps"] and q["batch"] == r["batch"]), None)
+        ratio = ""
+        if r["impl"] != "diffusers" and d is not None and r["x_realtime"] is not None:
+            ratio = (f"{r['x_realtime'] / d['x_realtime']:.2f}x" if d["x_realtime"] is not None
+                     else f"> {r['x_realtime'] / d['x_realtime_below']:.2f}x")
+        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        out.append(f"| {r['impl']} | {r['steps']} | {r['batch']} | {fmt(r)} | {ratio} | {mem} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="corpus_sfx_mel")
@@ -130,6 +153,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="sampling steps (default 10 25 50)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--full-guidance", action="store_true",
+                    help="also a sonodiff row guiding at every step (when the model sets a guidance interval)")
+    ap.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row is reported unfinished")
     ap.add_argument("--json")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: impl,steps,batch measured in a subprocess
     args = ap.parse_args()
@@ -142,26 +168,35 @@ def main() -> None:
         sys.exit("--device cuda: no CUDA device here")
     steps_list = [25] if args.quick else args.steps
     batches = [1] if args.quick else args.batches
+    from sonodiff.pipelines import Pipeline
+
+    interval = Pipeline.from_pretrained(args.model).config["sampling"].get("guidance_interval")
+    impls = ["sonodiff"] + (["sonodiff-full-guidance"] if args.full_guidance and interval else []) + ["diffusers"]
     rows = []
     for steps in steps_list:
         for b in batches:
-            for impl in ("sonodiff", "diffusers"):
+            for impl in impls:
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--duration",
                        str(args.duration), "--threads", str(args.threads), "--row", f"{impl},{steps},{b}"]
-                res = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
+                except subprocess.TimeoutExpired:
+                    rows.append({"impl": impl, "model": "", "device": args.device, "steps": steps, "batch": b,
+                                 "duration_s": args.duration, "x_realtime": None, "peak_mem_mb": None,
+                                 "wall_s": None, "unfinished_after_s": args.row_timeout,
+                                 "x_realtime_below": b * args.duration / args.row_timeout})
+                    print(f"  {impl:22s} steps {steps:2d} batch {b:2d}: did not finish in {args.row_timeout:.0f} s", flush=True)
+                    continue
                 if res.returncode != 0:
                     sys.exit(f"row {impl},{steps},{b} failed:\n{res.stderr[-3000:]}")
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"  {impl:9s} steps {steps:2d} batch {b:2d}: {r['x_realtime']:.2f}x real time", flush=True)
+                print(f"  {impl:22s} steps {steps:2d} batch {b:2d}: {r['x_realtime']:.2f}x real time", flush=True)
+    peer = next((r["model"] for r in rows if r["impl"] == "diffusers" and r["model"]), "?")
     print(f"\nmodel {args.model}, {args.duration} s clips, device {args.device}"
-          f"{f', {args.threads} threads' if args.device == 'cpu' else ''}; diffusers: {rows[1]['model']}\n")
-    print("| impl | steps | batch | x real-time | ratio vs diffusers | peak mem (MB) |\n|---|---|---|---|---|---|")
-    for i in range(0, len(rows), 2):
-        s, d = rows[i], rows[i + 1]
-        for r in (s, d):
-            ratio = f"{s['x_realtime'] / d['x_realtime']:.2f}x" if r is s else ""
-            print(f"| {r['impl']} | {r['steps']} | {r['batch']} | {r['x_realtime']:.2f} | {ratio} | {r['peak_mem_mb']:.0f} |")
+          f"{f', {args.threads} threads' if args.device == 'cpu' else ''}; sonodiff guidance interval {interval}; "
+          f"diffusers: {peer}\n")
+    print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

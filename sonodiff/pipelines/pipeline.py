@@ -24,11 +24,12 @@ import torch
 from torch import Tensor
 
 from sonodiff.pipelines.decode import crossfade_join, equal_power_fade, features_to_audio
-from sonodiff.pipelines.sampling import generate_latents, sampling_grid, seed_generators
+from sonodiff.pipelines.sampling import MicroBatched, generate_latents, sampling_grid, seed_generators
 
 __all__ = ["Pipeline", "Generation", "MAX_DURATION_S"]
 
 MAX_DURATION_S = 600.0  # longer requests are almost certainly a unit mistake
+CPU_MAX_ROWS = 8  # network rows per call on CPU (MicroBatched); GPUs take the whole batch
 FADE_S = 0.01  # crossfade at edit borders
 
 
@@ -49,6 +50,7 @@ class Pipeline:
     def __init__(self, model, codec, config: dict, path: str | Path = "") -> None:
         self.model, self.codec, self.config, self.path = model, codec, config, str(path)
         self.device = torch.device("cpu")
+        self.max_rows: int | None = CPU_MAX_ROWS  # see to(); None: no micro-batching
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -67,6 +69,7 @@ class Pipeline:
         if device is not None:
             self.device = torch.device(device)
             self.model.to(self.device)
+            self.max_rows = CPU_MAX_ROWS if self.device.type == "cpu" else None
         if getattr(self.model.denoiser.net, "dims", None) == 2:
             # 2-D nets run their convolutions in channels-last (NHWC) layout: oneDNN and cuDNN pick faster
             # kernels for it (about 15% per step on 2 CPU cores for corpus_sfx_mel); numerics stay fp32.
@@ -221,7 +224,7 @@ class Pipeline:
         rows, seeds = self._rows(prompts, num_per_prompt, seeds)
         cond, negative = self._conds(rows, negative_prompt)
         z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
-                             cond=cond, negative=negative, callback=callback, device=self.device,
+                             cond=cond, negative=negative, callback=callback, device=self.device, max_rows=self.max_rows,
                              **self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
         audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)))
         return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
@@ -259,6 +262,8 @@ class Pipeline:
         """(denoiser with classifier-free guidance when it applies, cond) for the given rows."""
         cond, negative = self._conds(rows, negative_prompt)
         D = self.model.denoiser
+        if self.max_rows:
+            D = MicroBatched(D, self.max_rows)
         if cond is not None and guidance_scale != 1.0:
             from sonodiff.core.guidance import ClassifierFreeGuidance
 
@@ -378,7 +383,7 @@ class Pipeline:
             win_seeds = [s * 1_000_003 + k for s in seeds]  # window k of sample s: independent of the batch
             if z_prev is None:
                 z = generate_latents(self.model.denoiser, shape + (W,), win_seeds, cond=cond, negative=negative,
-                                     device=self.device, **sp)
+                                     device=self.device, max_rows=self.max_rows, **sp)
             else:
                 x_known = torch.zeros((len(rows),) + shape + (W,), dtype=torch.float64, device=self.device)
                 x_known[..., :O] = z_prev[..., -O:]

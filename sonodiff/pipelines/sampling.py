@@ -12,7 +12,7 @@ from torch import Tensor
 from sonodiff.core import get_sigmas, sample
 from sonodiff.core.cond import Cond
 
-__all__ = ["generate_latents", "seed_generators", "sampling_grid", "GRID_SCHEDULES"]
+__all__ = ["generate_latents", "seed_generators", "sampling_grid", "GRID_SCHEDULES", "MicroBatched"]
 
 GRID_SCHEDULES = ("karras", "exponential", "logsnr")  # grids defined by a model's (sigma_min, sigma_max)
 
@@ -26,6 +26,26 @@ def sampling_grid(schedule: str, num_steps: int, sigma_min: float, sigma_max: fl
 
         return get_sigmas("logsnr", num_steps, logsnr_min=-2 * math.log(sigma_max), logsnr_max=-2 * math.log(sigma_min))
     return get_sigmas(schedule, num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+
+
+class MicroBatched:
+    """A denoiser evaluated on at most ``max_rows`` rows at a time (results identical up to float rounding).
+
+    On CPU a U-Net is faster per example on small batches (the activations of a large batch fall out of cache:
+    about 15% per example between 8 and 32 rows of corpus_sfx_mel on this project's 2-core machine), so the
+    pipelines split the guided batch (2B rows) into chunks there."""
+
+    def __init__(self, denoiser, max_rows: int) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.denoiser, self.max_rows = denoiser, int(max_rows)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+        B, m = x.shape[0], self.max_rows
+        if B <= m:
+            return self.denoiser(x, sigma, cond)
+        return torch.cat([self.denoiser(x[i:i + m], sigma[i:i + m], None if cond is None else cond.index(slice(i, i + m)))
+                          for i in range(0, B, m)])
 
 
 def seed_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -56,6 +76,7 @@ def generate_latents(
     callback=None,
     sampler_options: dict | None = None,
     device: torch.device | str = "cpu",
+    max_rows: int | None = None,
 ) -> Tensor:
     """Sample ``len(seeds)`` examples of ``shape`` (per example, ``[C, ...]``) -> ``[B, *shape]`` float32.
 
@@ -63,6 +84,7 @@ def generate_latents(
     (default: the learned null, ``cond.null_all()``); guidance applies when ``guidance_scale != 1`` and ``cond``
     is given; ``guidance_interval`` ``(lo, hi)`` limits it to noise levels lo < sigma <= hi (the unconditional
     branch is not evaluated outside).
+    ``max_rows``: evaluate the network on at most this many rows at a time (:class:`MicroBatched`).
     ``x_init``: a start state at ``sigma_max`` instead of fresh noise (editing).
     """
     gens = seed_generators(list(seeds))
@@ -71,11 +93,11 @@ def generate_latents(
     else:
         x = x_init.to(torch.float64)
     x = x.to(device)
-    D = denoiser
+    D = MicroBatched(denoiser, max_rows) if max_rows else denoiser
     if cond is not None and guidance_scale != 1.0:
         from sonodiff.core.guidance import ClassifierFreeGuidance
 
-        D = ClassifierFreeGuidance(denoiser, guidance_scale, negative=negative, sigma_interval=guidance_interval)
+        D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
     sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,

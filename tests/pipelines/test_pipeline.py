@@ -195,3 +195,22 @@ def test_cli_cfg_interval(tiny_model_dir, tmp_path):
     assert r.returncode == 2 and "--cfg-interval takes two noise levels" in r.stderr and not (tmp_path / "b.wav").exists()
     r = _cli("generate", "low", "--model", str(tiny_model_dir), "--cfg-interval", "5", "0.5", "--out", "c.wav", cwd=tmp_path)
     assert r.returncode == 2 and "0 <= lo < hi" in r.stderr and not (tmp_path / "c.wav").exists()
+
+
+def test_micro_batching_gives_the_same_samples(tiny_model_dir):
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    assert pipe.max_rows == 8  # CPU default
+    kw = {"seeds": [0, 1, 2], "guidance_scale": 3.0, **FAST}
+    pipe.max_rows = None
+    whole = pipe(["low", "high", "low"], **kw).features
+    pipe.max_rows = 1  # every network call split into single rows (2B = 6 calls per step)
+    calls = []
+    net = pipe.model.denoiser.net
+    h = net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    split = pipe(["low", "high", "low"], **kw).features
+    h.remove()
+    assert set(calls) == {1}
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="max_rows"):
+        from sonodiff.pipelines.sampling import MicroBatched
+        MicroBatched(pipe.model.denoiser, 0)

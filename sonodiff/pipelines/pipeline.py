@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from sonodiff.pipelines.decode import crossfade_join, equal_power_fade, features_to_audio
-from sonodiff.pipelines.sampling import MicroBatched, generate_latents, sampling_grid, seed_generators
+from sonodiff.pipelines.sampling import generate_latents, guided_denoiser, sampling_grid, seed_generators
 
 __all__ = ["Pipeline", "Generation", "MAX_DURATION_S"]
 
@@ -261,13 +261,8 @@ class Pipeline:
     def _guided(self, rows, negative_prompt, guidance_scale: float, guidance_interval=None):
         """(denoiser with classifier-free guidance when it applies, cond) for the given rows."""
         cond, negative = self._conds(rows, negative_prompt)
-        D = self.model.denoiser
-        if self.max_rows:
-            D = MicroBatched(D, self.max_rows)
-        if cond is not None and guidance_scale != 1.0:
-            from sonodiff.core.guidance import ClassifierFreeGuidance
-
-            D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
+        D = guided_denoiser(self.model.denoiser, cond, negative=negative, guidance_scale=guidance_scale,
+                            guidance_interval=guidance_interval, max_rows=self.max_rows)
         return D, cond
 
     def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict):

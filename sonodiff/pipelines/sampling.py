@@ -12,7 +12,7 @@ from torch import Tensor
 from sonodiff.core import get_sigmas, sample
 from sonodiff.core.cond import Cond
 
-__all__ = ["generate_latents", "seed_generators", "sampling_grid", "GRID_SCHEDULES", "MicroBatched"]
+__all__ = ["generate_latents", "guided_denoiser", "seed_generators", "sampling_grid", "GRID_SCHEDULES", "MicroBatched"]
 
 GRID_SCHEDULES = ("karras", "exponential", "logsnr")  # grids defined by a model's (sigma_min, sigma_max)
 
@@ -46,6 +46,18 @@ class MicroBatched:
             return self.denoiser(x, sigma, cond)
         return torch.cat([self.denoiser(x[i:i + m], sigma[i:i + m], None if cond is None else cond.index(slice(i, i + m)))
                           for i in range(0, B, m)])
+
+
+def guided_denoiser(denoiser, cond: Cond | None, *, negative: Cond | None = None, guidance_scale: float = 1.0,
+                    guidance_interval: tuple[float, float] | None = None, max_rows: int | None = None):
+    """The denoiser the samplers call: micro-batched when ``max_rows`` is set, wrapped in classifier-free
+    guidance when ``cond`` is given and ``guidance_scale != 1`` (limited to ``guidance_interval``)."""
+    D = MicroBatched(denoiser, max_rows) if max_rows else denoiser
+    if cond is not None and guidance_scale != 1.0:
+        from sonodiff.core.guidance import ClassifierFreeGuidance
+
+        D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
+    return D
 
 
 def seed_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -93,11 +105,8 @@ def generate_latents(
     else:
         x = x_init.to(torch.float64)
     x = x.to(device)
-    D = MicroBatched(denoiser, max_rows) if max_rows else denoiser
-    if cond is not None and guidance_scale != 1.0:
-        from sonodiff.core.guidance import ClassifierFreeGuidance
-
-        D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
+    D = guided_denoiser(denoiser, cond, negative=negative, guidance_scale=guidance_scale,
+                        guidance_interval=guidance_interval, max_rows=max_rows)
     sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,

@@ -12,7 +12,9 @@ windows) and applies guidance only inside the model's ``sampling.guidance_interv
 unconditional branch is skipped elsewhere); ``--full-guidance`` adds a sonodiff row that guides at every step, the
 algorithm the diffusers loop runs. Both nets run in channels-last layout (sonodiff's pipeline does this for 2-D
 nets; the diffusers UNet is converted the same way). A row that runs past ``--row-timeout`` is reported as
-"did not finish" with the upper bound it implies.
+"did not finish" with the upper bound it implies. Each row first runs a 2-step warm-up call at the measured shape
+(both impls), then ``--repeats`` timed calls; the median is reported. On CPU every row process keeps freed
+memory for reuse (:func:`sonodiff.utils.malloc.keep_freed_memory`, as ``sonodiff generate`` does), both impls.
 
     python scripts/bench_generate.py --model corpus_sfx_mel --json bench_generate.json
     python scripts/bench_generate.py --model fsdd_digits_mel --quick
@@ -62,6 +64,10 @@ def run_row(args) -> dict:
     """One (impl, steps, batch) measurement in this process."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        from sonodiff.utils.malloc import keep_freed_memory
+
+        keep_freed_memory()  # as `sonodiff generate` does on CPU; the same for both impls (process-wide)
     from sonodiff.pipelines import Pipeline
     from sonodiff.pipelines.decode import features_to_audio
 
@@ -72,15 +78,13 @@ def run_row(args) -> dict:
     cfg = pipe.config["sampling"]["guidance_scale"] if pipe.is_conditional else 0.0
     if args.impl.startswith("sonodiff"):
         gi = None if args.impl == "sonodiff-full-guidance" else "model"
-        pipe(prompts, seeds=list(range(args.batch)), num_steps=2, duration_s=min(dur, pipe.train_seconds))  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = pipe(prompts, seeds=list(range(args.batch)), num_steps=args.steps, duration_s=dur, guidance_interval=gi)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        assert out.audio.shape[-1] == int(round(dur * pipe.sample_rate))
+        # warm-up at the measured shape (both impls): the first call at a new shape pays one-off kernel set-up
+        pipe(prompts, seeds=list(range(args.batch)), num_steps=2, duration_s=dur)
+
+        def once(steps):
+            out = pipe(prompts, seeds=list(range(args.batch)), num_steps=steps, duration_s=dur, guidance_interval=gi)
+            assert out.audio.shape[-1] == int(round(dur * pipe.sample_rate))
+
         model = args.model
     else:
         from diffusers import DPMSolverMultistepScheduler
@@ -113,18 +117,22 @@ def run_row(args) -> dict:
                     x = sched.step(eps, t, x).prev_sample
                 return features_to_audio(pipe.codec, x.float().cpu(), length=int(round(dur * pipe.sample_rate)))
 
-            once(2)  # warm-up
+            once(2)  # warm-up at the measured shape
+        model = f"UNet2DConditionModel({dn / 1e6:.2f}M)"
+    walls = []
+    with torch.no_grad():
+        for _ in range(args.repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             once(args.steps)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            wall = time.perf_counter() - t0
-        model = f"UNet2DConditionModel({dn / 1e6:.2f}M)"
+            walls.append(time.perf_counter() - t0)
+    wall = sorted(walls)[len(walls) // 2]  # the median call
     return {"impl": args.impl, "model": model, "device": args.device, "steps": args.steps, "batch": args.batch,
             "duration_s": dur, "x_realtime": args.batch * dur / wall, "peak_mem_mb": peak_mb(device),
-            "wall_s": wall}
+            "wall_s": wall, "walls_s": walls}
 
 
 def table(rows: list[dict]) -> str:
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--full-guidance", action="store_true",
                     help="also a sonodiff row guiding at every step (when the model sets a guidance interval)")
     ap.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row is reported unfinished")
+    ap.add_argument("--repeats", type=int, default=1, help="timed calls per row after the warm-up; the median is "
+                                                              "reported (default 1)")
     ap.add_argument("--json")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: impl,steps,batch measured in a subprocess
     args = ap.parse_args()
@@ -177,7 +187,8 @@ def main() -> None:
         for b in batches:
             for impl in impls:
                 cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--duration",
-                       str(args.duration), "--threads", str(args.threads), "--row", f"{impl},{steps},{b}"]
+                       str(args.duration), "--threads", str(args.threads), "--repeats", str(args.repeats),
+                       "--row", f"{impl},{steps},{b}"]
                 try:
                     res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
                 except subprocess.TimeoutExpired:

@@ -85,10 +85,13 @@ class AttentionBlock(nn.Module):
         b, c = x.shape[:2]
         spatial = x.shape[2:]
         h = self.norm(x).flatten(2).transpose(1, 2)  # [B, N, C]
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        q, k, v = self._split(q), self._split(k), self._split(v)
+        n = h.shape[1]
+        qkv = self.qkv(h).view(b, n, 3, self.heads, self.head_dim)
+        qk = qkv[:, :, :2]  # queries and keys, rotated together: half the kernel launches of one at a time
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = rope
+            qk = apply_rope(qk, cos[:, None, None, :], sin[:, None, None, :])
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         t = x.flatten(2).transpose(1, 2) + self.proj(self._merge(F.scaled_dot_product_attention(q, k, v)))
         if self.token_dim > 0:
             if ctx is None:

@@ -78,10 +78,12 @@ def rope_tables(
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs ``(x[..., :d/2], x[..., d/2:])`` of ``x [B, heads, N, d]`` by the angles of the tables.
+    """Rotate pairs ``(x[..., :d/2], x[..., d/2:])`` of ``x [..., N, d]`` by the angles of the tables.
 
-    Computed in float32 and cast back to ``x.dtype``.
+    ``cos``/``sin`` are ``[N, d/2]`` (for ``x [B, heads, N, d]``) or any shape that broadcasts against
+    ``x[..., :d/2]`` (the attention block rotates queries and keys together as ``[B, N, 2, heads, d]`` with
+    tables ``[N, 1, 1, d/2]``). Computed in float32 and cast back to ``x.dtype``.
     """
     x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    out = torch.cat([torch.addcmul(x1 * cos, x2, sin, value=-1.0), torch.addcmul(x1 * sin, x2, cos)], dim=-1)
     return out.to(x.dtype)

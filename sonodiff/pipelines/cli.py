@@ -21,6 +21,10 @@ def _pipe(args):
     from sonodiff.pipelines import Pipeline
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if torch.device(args.device).type == "cpu":
+        from sonodiff.utils.malloc import keep_freed_memory
+
+        keep_freed_memory()  # this process only generates: reuse freed pages instead of faulting them in anew
     return Pipeline.from_pretrained(args.model or default_model(), device=args.device, dtype=dtype)
 
 

@@ -44,3 +44,19 @@ def test_rope_scores_depend_only_on_relative_position(shape):
 def test_rope_needs_divisible_head_dim():
     with pytest.raises(ValueError, match="divisible by 4"):
         rope_tables((4, 4), 6, "cpu")
+
+
+def test_rope_on_queries_and_keys_together_matches_one_at_a_time():
+    """The attention block rotates q and k as one [B, N, 2, heads, d] tensor with tables [N, 1, 1, d/2]; that
+    must equal rotating each [B, heads, N, d] separately with [N, d/2] tables, and an explicit 2x2 rotation."""
+    b, heads, d, shape = 2, 3, 8, (4, 5)
+    cos, sin = rope_tables(shape, d, "cpu")
+    n = cos.shape[0]
+    qk = torch.randn(b, n, 2, heads, d, generator=torch.Generator().manual_seed(1))
+    together = apply_rope(qk, cos[:, None, None, :], sin[:, None, None, :])
+    for i in range(2):
+        one = apply_rope(qk[:, :, i].transpose(1, 2), cos, sin)  # [B, heads, N, d]
+        torch.testing.assert_close(together[:, :, i].transpose(1, 2), one)
+    x1, x2 = qk[..., : d // 2], qk[..., d // 2:]
+    c, s = cos[:, None, None, :], sin[:, None, None, :]
+    torch.testing.assert_close(together, torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1), rtol=1e-6, atol=1e-6)

@@ -8,6 +8,7 @@
    - "generated": N clips per digit from the model.
 
     python scripts/eval_fsdd.py --model fsdd_digits_mel --fsdd ../shared/data/fsdd --per-digit 30 --json eval.json
+    python scripts/eval_fsdd.py --model fsdd_digits_mel runs/fsdd_new --per-digit 10   # two models, one classifier
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def fix_length(audio: list[torch.Tensor], n: int) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="fsdd_digits_mel")
+    ap.add_argument("--model", nargs="+", default=["fsdd_digits_mel"],
+                    help="model(s); each gets its generated rows, all scored by one classifier (the first model's "
+                         "codec makes the resynthesis row)")
     ap.add_argument("--fsdd", default="../shared/data/fsdd")
     ap.add_argument("--per-digit", type=int, default=30)
     ap.add_argument("--steps", type=int, default=25)
@@ -56,7 +59,8 @@ def main() -> None:
     from sonodiff.pipelines.decode import features_to_audio
 
     t0 = time.time()
-    pipe = Pipeline.from_pretrained(args.model)
+    pipes = [Pipeline.from_pretrained(m) for m in args.model]
+    pipe = pipes[0]
     sr = pipe.sample_rate
     root = Path(args.fsdd)
     n = int(round(pipe.train_seconds * sr))
@@ -79,14 +83,18 @@ def main() -> None:
         resyn = features_to_audio(pipe.codec, z, length=n)[:, 0]
     row("calibration: Griffin-Lim resynthesis", resyn, test_l)
     gen_l = [d for d in labels for _ in range(args.per_digit)]
-    for g in args.cfg:
-        gen = []
-        for i in range(0, len(gen_l), 50):
-            chunk = gen_l[i:i + 50]
-            out = pipe(chunk, seeds=list(range(i, i + len(chunk))), num_steps=args.steps, guidance_scale=g)
-            gen.append(out.audio[:, 0])
-        g_used = pipe.config["sampling"]["guidance_scale"] if g is None else g
-        row(f"generated ({args.steps} steps, cfg {g_used:g})", torch.cat(gen), gen_l)
+    for name, p in zip(args.model, pipes):
+        if p.sample_rate != sr or p.train_seconds != pipe.train_seconds:
+            raise SystemExit(f"--model {name}: {p.sample_rate} Hz / {p.train_seconds} s differs from the first model's")
+        for g in args.cfg:
+            gen = []
+            for i in range(0, len(gen_l), 50):
+                chunk = gen_l[i:i + 50]
+                out = p(chunk, seeds=list(range(i, i + len(chunk))), num_steps=args.steps, guidance_scale=g)
+                gen.append(out.audio[:, 0])
+            g_used = p.config["sampling"]["guidance_scale"] if g is None else g
+            tag = f"{name}, " if len(pipes) > 1 else ""
+            row(f"generated ({tag}{args.steps} steps, cfg {g_used:g})", torch.cat(gen), gen_l)
     print(f"total {time.time() - t0:.0f} s")
     print("\n" + rows_markdown(rows))
     if args.json:

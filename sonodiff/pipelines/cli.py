@@ -21,11 +21,15 @@ def _pipe(args):
     from sonodiff.pipelines import Pipeline
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    if torch.device(args.device).type == "cpu":
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N ({e})") from None
+    if device.type == "cpu":
         from sonodiff.utils.malloc import keep_freed_memory
 
         keep_freed_memory()  # this process only generates: reuse freed pages instead of faulting them in anew
-    return Pipeline.from_pretrained(args.model or default_model(), device=args.device, dtype=dtype)
+    return Pipeline.from_pretrained(args.model or default_model(), device=device, dtype=dtype)
 
 
 def _provenance(pipe, args, prompt, seed, **extra) -> dict:

@@ -195,6 +195,9 @@ def test_cli_cfg_interval(tiny_model_dir, tmp_path):
     assert r.returncode == 2 and "--cfg-interval takes two noise levels" in r.stderr and not (tmp_path / "b.wav").exists()
     r = _cli("generate", "low", "--model", str(tiny_model_dir), "--cfg-interval", "5", "0.5", "--out", "c.wav", cwd=tmp_path)
     assert r.returncode == 2 and "0 <= lo < hi" in r.stderr and not (tmp_path / "c.wav").exists()
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--device", "gpu", "--out", "d.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "--device 'gpu' is not a device" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "d.wav").exists()
 
 
 def test_micro_batching_gives_the_same_samples(tiny_model_dir):

@@ -5,7 +5,7 @@
 """
 
 from sonodiff import core
-from sonodiff.core import Cond, Preconditioned, sample, SAMPLERS, SCHEDULES
+from sonodiff.core import SAMPLERS, SCHEDULES, Cond, Preconditioned, sample
 
 __version__ = "0.1.0"
 

@@ -22,11 +22,10 @@ Registered codecs (:data:`CODECS`):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import math
 import os
-import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,9 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from sonodiff.audio.features import MelConfig, log_mel, mel_filterbank
-from sonodiff.audio.io import write_json_atomic
+from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
+from sonodiff.utils.config import from_dict
 
 __all__ = [
+    "active_mask",
     "CODECS",
     "Codec",
     "ImageCodec",
@@ -47,7 +48,6 @@ __all__ = [
     "MelCodecConfig",
     "WaveformCodec",
     "WaveformCodecConfig",
-    "config_from_dict",
     "load_codec",
     "make_codec",
 ]
@@ -55,34 +55,19 @@ __all__ = [
 CONFIG_FILE = "config.json"
 STATS_FILE = "stats.safetensors"
 
+# Which parts of an item the statistics are fitted on (silence and padding are left out).
+ACTIVE_FLOOR_DB = 40.0  # a frame/block must be at least this far above the floor (mel: log_floor; waveform: -100 dBFS)
+ACTIVE_RANGE_DB = 60.0  # ... and within this range of the item's loudest frame/block
+ACTIVE_BLOCK_S = 0.02  # waveform: blocks of 20 ms
+WAVEFORM_FLOOR_DBFS = -100.0
 
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` from ``values``; unknown keys and wrong types raise."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {names}")
-    out = {}
-    for k, v in values.items():
-        hint = hints[k]
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
-        if typing.get_origin(hint) is typing.Literal:
-            allowed = (str,)
-        ok = False
-        for t in allowed:
-            if t is type(None) and v is None:
-                ok = True
-            elif t is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-                v, ok = float(v), True
-            elif t in (int, str, bool) and type(v) is t or typing.get_origin(t) is typing.Literal and isinstance(v, str):
-                ok = True
-            if ok:
-                break
-        if not ok:
-            raise ValueError(f"{cls.__name__}.{k} must be {hint}, got {v!r} ({type(v).__name__})")
-        out[k] = v
-    return cls(**out)
+
+def active_mask(level_db: Tensor, floor_db: float = ACTIVE_FLOOR_DB, range_db: float = ACTIVE_RANGE_DB) -> Tensor:
+    """``[N]`` bool: which frames of ``level_db [N]`` (a level per frame, in dB above the representable floor)
+    are active: at least ``floor_db`` above the floor and within ``range_db`` of the loudest frame."""
+    if level_db.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=level_db.device)
+    return (level_db >= floor_db) & (level_db >= level_db.max() - range_db)
 
 
 class Codec(nn.Module):
@@ -162,16 +147,11 @@ class Codec(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and (if the codec has statistics) ``stats.safetensors`` to ``directory``."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        stats = {k: v.detach().cpu().contiguous() for k, v in self.stats().items()}
-        if stats:
-            tmp = d / f".{STATS_FILE}.{os.getpid()}.tmp"
-            save_file(stats, str(tmp))
-            os.replace(tmp, d / STATS_FILE)
-        write_json_atomic(d / CONFIG_FILE, {**self.config_dict(), "fitted": self.is_fitted})
+        if self.stats():
+            atomic_save_tensors(d / STATS_FILE, self.stats())
+        atomic_write_json(d / CONFIG_FILE, {**self.config_dict(), "fitted": self.is_fitted}, indent=1, sort_keys=True)
         return d
 
     @classmethod
@@ -181,7 +161,7 @@ class Codec(nn.Module):
         if meta.get("codec") != cls.name:
             raise ValueError(f"{d / CONFIG_FILE} holds codec {meta.get('codec')!r}, not {cls.name!r}; "
                              "use load_codec()")
-        codec = cls(config_from_dict(cls.config_cls, meta["config"]))
+        codec = cls(from_dict(cls.config_cls, meta["config"], cls.config_cls.__name__))
         if (d / STATS_FILE).exists():
             from safetensors.torch import load_file
 
@@ -237,8 +217,19 @@ class WaveformCodec(Codec):
         return z / self.scale
 
     def stat_terms(self, features: Tensor) -> dict[str, Tensor]:
+        """Sums over the samples of the active blocks of ``[..., T]`` (see :func:`active_mask`): silence and
+        padding do not lower the fitted scale, so a unit of normalised signal means the same loudness in
+        every data set."""
         f = features.detach().double()
-        return {"n": torch.tensor(float(f.numel()), dtype=torch.float64), "s1": f.sum(), "s2": f.pow(2).sum()}
+        T = f.shape[-1]
+        B = max(1, int(round(ACTIVE_BLOCK_S * self.sample_rate)))
+        nb = -(-T // B)
+        blocks = torch.nn.functional.pad(f, (0, nb * B - T)).reshape(*f.shape[:-1], nb, B)
+        power = blocks.pow(2).mean(dim=-1).reshape(-1, nb).mean(0)  # [nb], channels pooled
+        keep = active_mask(10 * torch.log10(power.clamp_min(1e-30)) - WAVEFORM_FLOOR_DBFS, ACTIVE_FLOOR_DB, ACTIVE_RANGE_DB)
+        sel = f[..., keep.repeat_interleave(B)[:T]]  # the samples of active blocks (not the block padding)
+        n = torch.tensor(float(sel.numel()), dtype=torch.float64)
+        return {"n": n, "s1": sel.sum(), "s2": sel.pow(2).sum()}
 
     def fit_terms(self, terms: dict[str, Tensor]) -> None:
         n = terms["n"]
@@ -307,9 +298,22 @@ class MelCodec(Codec):
         return z * std + mean
 
     def stat_terms(self, features: Tensor) -> dict[str, Tensor]:
-        """Per-bin sums over every axis but the mel axis (-2) of ``[..., n_mels, frames]``."""
-        f = features.detach().double().transpose(-1, -2).reshape(-1, self.config.n_mels)
-        return {"n": torch.tensor(float(f.shape[0]), dtype=torch.float64), "s1": f.sum(0), "s2": f.pow(2).sum(0)}
+        """Per-bin sums over the active frames of ``[..., n_mels, frames]`` (every axis but the mel axis -2).
+
+        A frame is active when its loudest bin is at least ``ACTIVE_FLOOR_DB`` above the log floor and within
+        ``ACTIVE_RANGE_DB`` of the item's loudest frame (:func:`active_mask`): digital silence, padding and
+        near-silent tails do not pull the per-bin means down, so a unit of normalised feature means the same
+        loudness in every data set (fitted on silence-padded clips, the means sit near the floor and one unit
+        at the top of the range is tens of times louder in amplitude).
+        """
+        f = features.detach().double()
+        frames = f.shape[-1]
+        f = f.reshape(-1, self.config.n_mels, frames)  # [C*..., n_mels, frames]
+        peak_db = f.amax(dim=(0, 1)) * (20.0 / (self.config.power * math.log(10)))  # [frames], dB (amplitude)
+        floor_db = math.log(self.config.log_floor) * 20.0 / (self.config.power * math.log(10))
+        keep = active_mask(peak_db - floor_db, ACTIVE_FLOOR_DB, ACTIVE_RANGE_DB)
+        sel = f[..., keep].transpose(-1, -2).reshape(-1, self.config.n_mels)
+        return {"n": torch.tensor(float(sel.shape[0]), dtype=torch.float64), "s1": sel.sum(0), "s2": sel.pow(2).sum(0)}
 
     def fit_terms(self, terms: dict[str, Tensor]) -> None:
         n = terms["n"]
@@ -361,7 +365,7 @@ def make_codec(name: str, **config: Any) -> Codec:
     if name not in CODECS:
         raise ValueError(f"unknown codec {name!r}; valid: {sorted(CODECS)}")
     cls = CODECS[name]
-    return cls(config_from_dict(cls.config_cls, config))
+    return cls(from_dict(cls.config_cls, config, cls.config_cls.__name__))
 
 
 def load_codec(directory: str | os.PathLike) -> Codec:

@@ -11,16 +11,16 @@ out-of-range values raise ``ValueError`` saying what was given and what is allow
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from sonodiff.utils.atomic import atomic_path, atomic_write_json
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -36,7 +36,6 @@ __all__ = [
     "save_audio",
     "silence_bounds",
     "trim_silence",
-    "write_json_atomic",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -142,23 +141,6 @@ def load_audio(
 _FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            # json.dumps (C encoder) rather than json.dump (pure-Python streaming): ~5x faster
-            f.write(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False,
-                               separators=None if indent else (",", ":")))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_audio(
     path: str | os.PathLike,
     audio: Tensor,
@@ -187,19 +169,12 @@ def save_audio(
             raise ValueError(f"peak {peak:.3f} > 1 cannot be stored as {subtype} without clipping; "
                              "normalise first or use subtype='FLOAT' (WAV)")
     data = audio.detach().to("cpu", torch.float32).T.numpy()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with sf.SoundFile(str(tmp), "w", samplerate=int(sample_rate), channels=data.shape[1],
                           format=fmt, subtype=subtype) as f:
             f.write(data)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if sidecar is not None:
-        write_json_atomic(path.with_suffix(".json"), sidecar)
+        atomic_write_json(path.with_suffix(".json"), sidecar, indent=1, sort_keys=True)
     return path
 
 

@@ -29,7 +29,6 @@ Every config is a frozen dataclass with a ``type`` (its registry name), ``to_dic
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -37,44 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from sonodiff.core.cond import Cond
+from sonodiff.utils.config import from_dict
 
 __all__ = ["Conditioner", "ConditionerConfig", "draw_drop_mask", "masked_mean", "to_device"]
-
-
-def _check_value(owner: str, name: str, hint: Any, value: Any) -> Any:
-    """Type-check one JSON value against a dataclass field annotation; returns the (converted) value."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, type(int | None)):
-        for h in typing.get_args(hint):
-            try:
-                return _check_value(owner, name, h, value)
-            except ValueError:
-                pass
-        raise ValueError(f"{owner}.{name} must be {hint}, got {value!r} ({type(value).__name__})")
-    if hint is type(None):
-        if value is None:
-            return None
-    elif origin is typing.Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise ValueError(f"{owner}.{name} must be one of {list(typing.get_args(hint))}, got {value!r}")
-    elif origin is tuple:
-        args = typing.get_args(hint)
-        if isinstance(value, (list, tuple)):
-            item = args[0]
-            return tuple(_check_value(owner, name, item, v) for v in value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint in (int, str, bool):
-        if type(value) is hint:
-            return value
-    elif hint is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-    else:  # pragma: no cover - internal invariant: configs only use the types above
-        raise AssertionError(f"unsupported annotation {hint} for {owner}.{name}")
-    raise ValueError(f"{owner}.{name} must be {hint}, got {value!r} ({type(value).__name__})")
 
 
 class ConditionerConfig:
@@ -95,12 +59,7 @@ class ConditionerConfig:
         t = values.pop("type", cls.type)
         if t != cls.type:
             raise ValueError(f"{cls.__name__} is for conditioner type {cls.type!r}, got a config of type {t!r}")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {names}")
-        return cls(**{k: _check_value(cls.__name__, k, hints[k], v) for k, v in values.items()})
+        return from_dict(cls, values, cls.__name__)
 
 
 def check_probability(p: float, what: str = "dropout") -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from sonodiff.conditioning.base import ConditionerConfig, draw_drop_mask
 from sonodiff.core.cond import Cond
+from sonodiff.utils.atomic import atomic_save_tensors
 
 __all__ = ["cache_path", "encode_cached", "text_cache_key"]
 
@@ -48,7 +48,7 @@ def encode_cached(conditioner, texts: Sequence[str], cache_dir: str | os.PathLik
     Returns ``Cond(tokens [B, L, D], mask [B, L], pooled [B, D])`` on the conditioner's device; ``L`` is the
     longest text (or ``max_length`` with ``padding="max_length"``), padding positions are zero with mask False.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if conditioner.trainable:
         raise ValueError("encode_cached needs a frozen conditioner (trainable=False): a trainable encoder's "
@@ -70,15 +70,7 @@ def encode_cached(conditioner, texts: Sequence[str], cache_dir: str | os.PathLik
             entry = {"tokens": cond.tokens[j][real].detach().cpu().contiguous(),
                      "pooled": cond.pooled[j].detach().cpu().contiguous()}
             k = text_cache_key(conditioner.config, t)
-            p = cache_path(cache_dir, k)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                save_file(entry, str(tmp))
-                os.replace(tmp, p)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            atomic_save_tensors(cache_path(cache_dir, k), entry, fsync=False)  # a cache: rebuilt if lost
             entries[k] = entry
 
     lengths = [entries[k]["tokens"].shape[0] for k in keys]

@@ -60,13 +60,25 @@ class ComposedConfig(ConditionerConfig):
     dropout: float = 0.0
 
 
+def per_component(inputs, names) -> Any:
+    """``{name: inputs}`` as given; a list of per-row ``{name: input}`` (one per example, as a collate_fn or
+    ``DiffusionModel.cond`` has them) becomes ``{name: [input of each row]}``."""
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, Mapping) for r in inputs):
+        bad = [sorted(r) for r in inputs if set(r) != set(names)]
+        if bad:
+            raise ValueError(f"every row of a composed conditioner's inputs needs the keys {sorted(names)}, got {bad[0]}")
+        return {n: [r[n] for r in inputs] for n in names}
+    return inputs
+
+
 class ComposedTokenizer:
-    """Picklable ``{name: inputs} -> {name: batch}``."""
+    """Picklable ``{name: inputs} -> {name: batch}`` (or a list of per-row ``{name: input}``)."""
 
     def __init__(self, tokenizers: Mapping[str, Any]) -> None:
         self.tokenizers = dict(tokenizers)
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
+        inputs = per_component(inputs, self.tokenizers)
         if not isinstance(inputs, Mapping) or set(inputs) != set(self.tokenizers):
             given = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
             raise ValueError(f"a composed conditioner tokenizes a mapping with keys {sorted(self.tokenizers)}, got {given}")
@@ -123,14 +135,6 @@ class ComposedConditioner(Conditioner):
             {n: nn.Linear(w, self._pooled_dim) for n, w in pool_w.items() if pooled == "sum" and w != self._pooled_dim})
         self.token_names, self.pooled_names = tok, pool
 
-    @classmethod
-    def from_config(cls, config: ComposedConfig) -> ComposedConditioner:
-        from sonodiff.conditioning.registry import from_config
-
-        comps = {n: from_config(c) for n, c in config.conditioners.items()}
-        return cls(comps, config.how, pooled=config.pooled, token_dim=config.token_dim,
-                   pooled_dim=config.pooled_dim, dropout=config.dropout)
-
     @property
     def trainable(self) -> bool:
         return True  # the projections learn; components keep their own freezing
@@ -147,6 +151,7 @@ class ComposedConditioner(Conditioner):
         return ComposedTokenizer({n: c.get_tokenizer() for n, c in self.components.items()})
 
     def tokenize(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
+        inputs = per_component(inputs, self.components)
         if not isinstance(inputs, Mapping) or set(inputs) != set(self.components):
             given = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
             raise ValueError(f"a composed conditioner tokenizes a mapping with keys {sorted(self.components)}, got {given}")

@@ -20,6 +20,7 @@ from sonodiff.conditioning.compose import ComposedConditioner
 from sonodiff.conditioning.labels import ClassLabelConditioner
 from sonodiff.conditioning.numbers import NumberConditioner, TimingConditioner
 from sonodiff.conditioning.text import ClapTextEncoder, ClipTextEncoder, SentenceEncoder, T5TextEncoder
+from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_text
 
 __all__ = ["CONDITIONERS", "CONFIG_FILE", "WEIGHTS_FILE", "from_config", "load_conditioner", "save_conditioner"]
 
@@ -51,27 +52,23 @@ def from_config(config: ConditionerConfig | Mapping[str, Any]) -> Conditioner:
     if config.type not in CONDITIONERS:
         raise ValueError(f"unknown conditioner type {config.type!r}; valid types: {sorted(CONDITIONERS)}")
     cls = CONDITIONERS[config.type]
-    if cls is ComposedConditioner:
-        return ComposedConditioner.from_config(config)
+    if cls is ComposedConditioner:  # built here from its components' configs, so compose.py needs no registry
+        comps = {n: from_config(c) for n, c in config.conditioners.items()}
+        return ComposedConditioner(comps, config.how, pooled=config.pooled, token_dim=config.token_dim,
+                                   pooled_dim=config.pooled_dim, dropout=config.dropout)
     return cls(config)
 
 
 def save_conditioner(conditioner: Conditioner, directory: str | os.PathLike) -> Path:
     """Write ``conditioner.json`` and, if it has learned tensors, ``conditioner.safetensors`` (atomically)."""
-    from safetensors.torch import save_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in conditioner.weights().items()}
+    tensors = conditioner.weights()
     if tensors:
-        tmp = d / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, d / WEIGHTS_FILE)
+        atomic_save_tensors(d / WEIGHTS_FILE, tensors)
     elif (d / WEIGHTS_FILE).exists():
         (d / WEIGHTS_FILE).unlink()
-    tmp = d / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(conditioner.config.to_dict(), indent=1, sort_keys=True))
-    os.replace(tmp, d / CONFIG_FILE)
+    atomic_write_text(d / CONFIG_FILE, json.dumps(conditioner.config.to_dict(), indent=1, sort_keys=True))
     return d
 
 

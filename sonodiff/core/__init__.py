@@ -7,10 +7,25 @@ are pure functions over a float64 sigma grid ending at 0, guidance and editing w
 
 from sonodiff.core.cond import Cond
 from sonodiff.core.denoiser import Preconditioned, discrete_vp_denoiser
-from sonodiff.core.editing import InpaintDenoiser, continuation_inputs, inpaint, prefix_mask, repaint, sdedit, sdedit_start, span_mask
+from sonodiff.core.editing import (
+    InpaintDenoiser,
+    continuation_inputs,
+    inpaint,
+    prefix_mask,
+    repaint,
+    sdedit,
+    sdedit_start,
+    span_mask,
+)
 from sonodiff.core.guidance import ClassifierFreeGuidance, GradientGuidance
 from sonodiff.core.likelihood import ELBOResult, LikelihoodResult, bits_per_dim, discrete_elbo, log_likelihood
-from sonodiff.core.param import PARAMETERIZATIONS, WEIGHTINGS, Parameterization, get_parameterization, loss_weight
+from sonodiff.core.param import (
+    PARAMETERIZATIONS,
+    WEIGHTINGS,
+    Parameterization,
+    get_parameterization,
+    loss_weight,
+)
 from sonodiff.core.processes import PROCESSES, get_process
 from sonodiff.core.samplers import SAMPLERS, sample
 from sonodiff.core.schedules import DENSITIES, SCHEDULES, get_sigmas, sample_sigmas

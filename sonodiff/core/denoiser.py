@@ -16,13 +16,9 @@ from sonodiff.core.cond import Cond
 from sonodiff.core.param import Parameterization, get_parameterization, loss_weight
 from sonodiff.core.processes import alphas_cumprod_to_sigmas, sigma_to_timestep
 from sonodiff.core.schedules import sample_sigmas
+from sonodiff.core.shapes import bcast
 
-__all__ = ["Preconditioned", "discrete_vp_denoiser", "check_sigma", "bcast"]
-
-
-def bcast(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-example ``[B]`` tensor to broadcast against ``like`` ``[B, ...]`` (keeps v's dtype)."""
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+__all__ = ["Preconditioned", "discrete_vp_denoiser", "check_sigma"]
 
 
 def check_sigma(x: Tensor, sigma: Tensor) -> None:
@@ -77,7 +73,7 @@ class Preconditioned(nn.Module):
         self.weighting = weighting
         self.gamma = float(gamma)
         loss_weight(weighting, self.param, torch.ones(1), gamma)  # validate names early
-        sample_sigmas(self.density, 1, shift=self.shift, **self.density_params)
+        sample_sigmas(self.density, 1, shift=self.shift, generator=torch.Generator().manual_seed(0), **self.density_params)
 
     # ------------------------------------------------------------------ helpers
     @property

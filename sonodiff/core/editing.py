@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from sonodiff.core.cond import Cond
-from sonodiff.core.denoiser import bcast, check_sigma
+from sonodiff.core.denoiser import check_sigma
 from sonodiff.core.noise import randn
 from sonodiff.core.samplers import sample
 from sonodiff.core.schedules import check_sigmas
+from sonodiff.core.shapes import bcast
 
 __all__ = [
     "InpaintDenoiser",
@@ -263,18 +264,6 @@ def repaint_schedule(num_steps: int, resample: int, jump: int) -> list[int]:
     return path
 
 
-def _ddpm_step(denoiser: Denoiser, x: Tensor, s: float, s_next: float, cond, generator) -> Tensor:
-    """Ancestral (DDPM posterior) step in VE space from ``s`` to ``s_next`` < s:
-    q(x_{s'} | x_s, x0) = N(x0 + (s'^2/s^2)(x_s - x0), s'^2 (s^2 - s'^2)/s^2 I), with x0 = D(x_s, s)."""
-    d = denoiser(x, x.new_full((x.shape[0],), s), cond).to(x.dtype)
-    r = (s_next / s) ** 2
-    mean = d + r * (x - d)
-    if s_next == 0.0:
-        return mean
-    std = s_next * math.sqrt(1.0 - r)
-    return mean + std * _randn(x.shape, generator, x.dtype, x.device)
-
-
 def repaint(
     denoiser: Denoiser,
     x_known: Tensor,
@@ -283,7 +272,7 @@ def repaint(
     *,
     resample: int = 10,
     jump: int = 10,
-    method: str | None = None,
+    method: str = "ddpm",
     generator=None,
     cond: Cond | None = None,
 ) -> Tensor:
@@ -300,9 +289,9 @@ def repaint(
         sigmas: float64 grid, strictly decreasing, ending at 0.
         resample: r, times each segment is denoised (1 = plain replacement with ancestral steps).
         jump: j, grid steps per jump back.
-        method: None: the ancestral DDPM posterior step (RePaint's own); or a ``SAMPLERS`` name, each reverse
-            step then being ``sample(denoiser, x, sigmas[i:i+2], method)`` (multistep samplers lose their
-            history and act as one-step methods).
+        method: the ``SAMPLERS`` name of each reverse step ``sample(denoiser, x, sigmas[i:i+2], method)``;
+            the default ``ddpm`` is RePaint's own ancestral step, the DDPM posterior q(x_{s'} | x_s, x0 = D)
+            (multistep samplers lose their history and act as one-step methods).
         generator: a Generator or one per example; every draw (start, known-region noise, steps) uses it.
     The output equals ``x_known`` on the mask exactly (the last step is to sigma = 0).
     """
@@ -312,9 +301,6 @@ def repaint(
     sig = sigmas.to(torch.float64).tolist()
     known = x_known.to(torch.float64)
     m = _check_mask(mask, known)
-    single_gen = generator if generator is None or isinstance(generator, torch.Generator) else None
-    if method is not None and single_gen is None and generator is not None:
-        raise ValueError("with method=..., pass a single torch.Generator (samplers take one)")
 
     def noise() -> Tensor:
         return _randn(known.shape, generator, known.dtype, known.device)
@@ -323,11 +309,8 @@ def repaint(
     path = repaint_schedule(len(sig) - 1, resample, jump)
     for a, b in itertools.pairwise(path):
         if b > a:  # reverse step a -> b = a + 1
-            if method is None:
-                x_unknown = _ddpm_step(denoiser, x, sig[a], sig[b], cond, generator)
-            else:
-                grid = torch.tensor(sig[a : b + 1], dtype=torch.float64)
-                x_unknown = sample(denoiser, x, grid, method, cond=cond, generator=single_gen).to(torch.float64)
+            grid = torch.tensor(sig[a : b + 1], dtype=torch.float64)
+            x_unknown = sample(denoiser, x, grid, method, cond=cond, generator=generator).to(torch.float64)
             x_kn = known + sig[b] * noise() if sig[b] > 0 else known
             x = torch.where(m, x_kn, x_unknown)
         else:  # jump back b < a: forward kernel from sig[a] up to sig[b]

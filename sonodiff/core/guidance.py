@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from sonodiff.core.cond import Cond
-from sonodiff.core.denoiser import bcast, check_sigma
+from sonodiff.core.denoiser import check_sigma
+from sonodiff.core.shapes import bcast
 
 __all__ = ["ClassifierFreeGuidance", "GradientGuidance", "cfg_combine", "rescale_guidance"]
 

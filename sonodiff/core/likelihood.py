@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from sonodiff.core.cond import Cond
-from sonodiff.core.denoiser import bcast
+from sonodiff.core.shapes import bcast
 
 __all__ = ["ELBOResult", "LikelihoodResult", "bits_per_dim", "discrete_elbo", "log_likelihood"]
 

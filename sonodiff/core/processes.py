@@ -26,6 +26,8 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from sonodiff.core.shapes import bcast
+
 __all__ = [
     "Process",
     "PROCESSES",
@@ -176,15 +178,11 @@ class Process:
 
     def to_ve(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``x`` ``[B, ...]`` in this process's space at noise level ``sigma`` ``[B]`` -> VE state."""
-        return x / _bcast(self.scale(sigma), x)
+        return x / bcast(self.scale(sigma), x).to(x.dtype)
 
     def from_ve(self, x: Tensor, sigma: Tensor) -> Tensor:
         """VE state ``x`` ``[B, ...]`` at ``sigma`` ``[B]`` -> this process's space."""
-        return x * _bcast(self.scale(sigma), x)
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)).to(like.dtype)
+        return x * bcast(self.scale(sigma), x).to(x.dtype)
 
 
 PROCESSES: dict[str, Process] = {

@@ -19,7 +19,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from sonodiff.core.processes import alphas_cumprod_to_sigmas, flow_t_to_sigma
+from sonodiff.core.processes import (
+    BETA_SCHEDULES,
+    alphas_cumprod_to_sigmas,
+    flow_t_to_sigma,
+    vp_alphas_cumprod,
+)
 
 __all__ = [
     "karras_sigmas",
@@ -30,8 +35,11 @@ __all__ = [
     "trailing_sigmas",
     "flow_sigmas",
     "vp_timesteps",
+    "vp_schedule",
     "SCHEDULES",
     "get_sigmas",
+    "schedule_options",
+    "model_sigmas",
     "check_sigmas",
     "DENSITIES",
     "sample_sigmas",
@@ -120,25 +128,67 @@ def vp_timesteps(num_steps: int, num_train_timesteps: int, spacing: str, steps_o
     return t.long()
 
 
+def vp_schedule(
+    alphas_cumprod: Tensor | None = None,
+    beta_schedule: str | None = None,
+    num_train_timesteps: int | None = None,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+) -> Tensor:
+    """The alpha-bar ``[T]`` of a discrete VP model: given directly, or named by its beta schedule.
+
+    Either ``alphas_cumprod`` (a tensor) or ``beta_schedule`` (a name in ``BETA_SCHEDULES``: linear, scaled_linear,
+    cosine, sigmoid; with ``num_train_timesteps``, ``beta_start``, ``beta_end``, defaults DDPM's 1000, 1e-4, 0.02,
+    see :func:`sonodiff.core.processes.vp_betas`), never both: the named form is what a JSON/TOML config or a
+    command line can say.
+    """
+    named = {"num_train_timesteps": num_train_timesteps, "beta_start": beta_start, "beta_end": beta_end}
+    if alphas_cumprod is not None:
+        given = sorted(k for k, v in {"beta_schedule": beta_schedule, **named}.items() if v is not None)
+        if given:
+            raise ValueError(f"give alphas_cumprod or a beta schedule, not both (got alphas_cumprod and {given})")
+        return alphas_cumprod
+    if beta_schedule is None:
+        raise ValueError("a VP grid or density needs the model's training schedule: alphas_cumprod (a tensor) or "
+                         f"beta_schedule (one of {sorted(BETA_SCHEDULES)}, with optional num_train_timesteps, "
+                         "beta_start, beta_end)")
+    return vp_alphas_cumprod(beta_schedule, **{k: v for k, v in named.items() if v is not None})
+
+
 def _vp_grid(num_steps: int, alphas_cumprod: Tensor, spacing: str, steps_offset: int) -> Tensor:
     train_sigmas = alphas_cumprod_to_sigmas(alphas_cumprod)
     t = vp_timesteps(num_steps, len(alphas_cumprod), spacing, steps_offset)
     return _append_zero(train_sigmas[t])
 
 
-def linspace_sigmas(num_steps: int, alphas_cumprod: Tensor, steps_offset: int = 0) -> Tensor:
-    """Sigmas of a discrete VP model at ``linspace`` timesteps (see :func:`vp_timesteps`), then 0."""
-    return _vp_grid(num_steps, alphas_cumprod, "linspace", steps_offset)
+def linspace_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
+                    beta_schedule: str | None = None, num_train_timesteps: int | None = None,
+                    beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
+    """Sigmas of a discrete VP model at ``linspace`` timesteps (see :func:`vp_timesteps`), then 0.
+
+    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
+    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
+    return _vp_grid(num_steps, abar, "linspace", steps_offset)
 
 
-def leading_sigmas(num_steps: int, alphas_cumprod: Tensor, steps_offset: int = 0) -> Tensor:
-    """Sigmas of a discrete VP model at ``leading`` timesteps (see :func:`vp_timesteps`), then 0."""
-    return _vp_grid(num_steps, alphas_cumprod, "leading", steps_offset)
+def leading_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
+                   beta_schedule: str | None = None, num_train_timesteps: int | None = None,
+                   beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
+    """Sigmas of a discrete VP model at ``leading`` timesteps (see :func:`vp_timesteps`), then 0.
+
+    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
+    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
+    return _vp_grid(num_steps, abar, "leading", steps_offset)
 
 
-def trailing_sigmas(num_steps: int, alphas_cumprod: Tensor, steps_offset: int = 0) -> Tensor:
-    """Sigmas of a discrete VP model at ``trailing`` timesteps (see :func:`vp_timesteps`), then 0."""
-    return _vp_grid(num_steps, alphas_cumprod, "trailing", steps_offset)
+def trailing_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
+                    beta_schedule: str | None = None, num_train_timesteps: int | None = None,
+                    beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
+    """Sigmas of a discrete VP model at ``trailing`` timesteps (see :func:`vp_timesteps`), then 0.
+
+    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
+    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
+    return _vp_grid(num_steps, abar, "trailing", steps_offset)
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0, t_max: float = 1.0 - 1e-4) -> Tensor:
@@ -178,6 +228,31 @@ def get_sigmas(name: str, num_steps: int, **kwargs) -> Tensor:
     if unknown:
         raise ValueError(f"schedule {name!r} got unknown argument(s) {unknown}; it takes {params}")
     return fn(num_steps, **kwargs)
+
+
+def schedule_options(name: str) -> list[str]:
+    """The keyword arguments grid ``name`` takes (after ``num_steps``), e.g. ``["sigma_min", "sigma_max", "rho"]``."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid names: {sorted(SCHEDULES)}")
+    return list(inspect.signature(SCHEDULES[name]).parameters)[1:]
+
+
+def model_sigmas(name: str, num_steps: int, sigma_min: float, sigma_max: float, **options) -> Tensor:
+    """Grid ``name`` for a model trained on noise levels ``[sigma_min, sigma_max]``.
+
+    ``karras`` and ``exponential`` run from sigma_max down to sigma_min, ``logsnr`` over the same range in
+    log-SNR (lambda = -2 log sigma); ``options`` may set any argument of the grid, these ends included (e.g.
+    ``rho``, ``sigma_max``). The VP grids (``linspace``, ``leading``, ``trailing``) are defined by the VP
+    schedule they space (``beta_schedule``, ... see :func:`vp_schedule`) and ``flow`` by ``shift`` and
+    ``t_max``, not by the model's range. Unknown options raise, naming the grid's arguments.
+    """
+    params = schedule_options(name)
+    ends = {"sigma_min": sigma_min, "sigma_max": sigma_max}
+    if "logsnr_min" in params:
+        _check_range(sigma_min, sigma_max)
+        ends = {"logsnr_min": -2 * math.log(sigma_max), "logsnr_max": -2 * math.log(sigma_min)}
+    args = {k: v for k, v in ends.items() if k in params}
+    return get_sigmas(name, num_steps, **{**args, **options})
 
 
 def check_sigmas(sigmas: Tensor) -> Tensor:
@@ -230,9 +305,14 @@ def lognormal_density(batch_size: int, *, p_mean: float = -1.2, p_std: float = 1
     return (_normal(batch_size, generator, device) * p_std + p_mean).exp()
 
 
-def uniform_discrete_density(batch_size: int, *, alphas_cumprod: Tensor, generator=None, device="cpu") -> Tensor:
-    """DDPM (Ho et al. 2020): t ~ U{0, ..., T-1}, sigma = sqrt((1 - abar_t) / abar_t)."""
-    train_sigmas = alphas_cumprod_to_sigmas(alphas_cumprod)
+def uniform_discrete_density(batch_size: int, *, alphas_cumprod: Tensor | None = None, beta_schedule: str | None = None,
+                             num_train_timesteps: int | None = None, beta_start: float | None = None,
+                             beta_end: float | None = None, generator=None, device="cpu") -> Tensor:
+    """DDPM (Ho et al. 2020): t ~ U{0, ..., T-1}, sigma = sqrt((1 - abar_t) / abar_t).
+
+    The schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
+    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
+    train_sigmas = alphas_cumprod_to_sigmas(abar)
     t = torch.randint(0, len(train_sigmas), (batch_size,), generator=generator, device=_gen_device(generator, device))
     return train_sigmas.to(t.device)[t]
 
@@ -299,5 +379,5 @@ def sample_sigmas(
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("batch_size", "generator", "device")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"density {name!r} got unknown parameter(s) {unknown}; it takes {allowed}")
+        raise ValueError(f"density {name!r} got unknown parameter(s) {unknown}; it takes {allowed} and shift")
     return fn(batch_size, generator=generator, device=device, **params) * shift

@@ -5,7 +5,7 @@ Layout of a cache (default ``<dataset>/.sonodiff_cache``)::
     <cache>/<codec>-<key>/          key = hash of codec config + preprocessing + format version
         items/ab/<content-hash>.safetensors   features [C, ...] float32 (+ source info in the metadata)
         bad/ab/<content-hash>.json            verdict for a file that failed the checks
-        codec/config.json, stats.safetensors  the codec, fitted on every good item
+        codec/config.json, stats.safetensors  the codec, fitted on the train split's active frames
         terms.safetensors                     every item's stat terms in one file (fast refits)
         index.json                            key -> path, content hash, size, mtime, caption, ...
         report.json                           counts and every skipped file with its reason
@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,14 +39,16 @@ from typing import Any
 import torch
 
 from sonodiff.audio.codecs import Codec, make_codec
-from sonodiff.audio.io import apply_channel_policy, resample, write_json_atomic
+from sonodiff.audio.io import apply_channel_policy, resample
 from sonodiff.data.checks import DEFAULT_CHECK, BadAudio, CheckConfig, read_checked
 from sonodiff.data.items import Problem
 from sonodiff.data.layouts import scan
+from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "BadDataError", "PrepareReport", "feature_dir", "file_hash", "prepare"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: statistics on the training split's active frames only
+FIT_SPLIT = "train"  # the split codec statistics are fitted on
 INDEX = "index.json"
 
 
@@ -114,31 +115,12 @@ def feature_dir(cache_dir: str | os.PathLike, codec: Codec, quality: str = "high
     return Path(cache_dir) / f"{codec.name}-{hashlib.sha256(spec).hexdigest()[:12]}"
 
 
+def _write_json(path, obj, indent: int | None = 1) -> None:
+    atomic_write_json(path, obj, indent=indent, sort_keys=True)
+
+
 def _shard(root: str | Path, sub: str, h: str, ext: str) -> str:
     return f"{root}/{sub}/{h[:2]}/{h}{ext}"
-
-
-def _atomic_save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str], fsync: bool = False) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except (FileNotFoundError, SafetensorError):  # shard folder not made yet: make it once
-            if path.parent.is_dir():
-                raise
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata=metadata)
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --- worker side -------------------------------------------------------------------------------------
@@ -175,7 +157,7 @@ def _encode_one(task: tuple) -> dict[str, Any]:
             raise BadAudio("too_short", str(e)) from None
         terms = codec.stat_terms(feats)
         meta = {k: json.dumps(v) for k, v in info.items()}
-        _atomic_save_tensors(_shard(fdir, "items", h, ".safetensors"), {"features": feats.float()}, meta)
+        atomic_save_tensors(_shard(fdir, "items", h, ".safetensors"), {"features": feats.float()}, meta, fsync=False)
         # info and stat terms travel back too, so the driver need not reopen the file
         return {"hash": h, "ok": True, **info, "frames": feats.shape[-1],
                 "terms": {k: v.numpy() for k, v in terms.items()}}
@@ -185,7 +167,7 @@ def _encode_one(task: tuple) -> dict[str, Any]:
         verdict = {"reason": "error", "detail": f"{type(e).__name__}: {e}"}
     p = Path(_shard(fdir, "bad", h, ".json"))
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(p, verdict)
+    _write_json(p, verdict)
     return {"hash": h, "ok": False, **verdict}
 
 
@@ -220,7 +202,7 @@ def _save_terms(fdir: Path, terms: dict[str, dict[str, torch.Tensor]]) -> None:
     if not hashes:
         return
     mats = {k: torch.stack([terms[h][k] for h in hashes]) for k in terms[hashes[0]]}
-    _atomic_save_tensors(fdir / "terms.safetensors", mats, {"hashes": json.dumps(hashes)}, fsync=True)
+    atomic_save_tensors(fdir / "terms.safetensors", mats, {"hashes": json.dumps(hashes)}, fsync=True)
 
 
 def _clean_tmp(fdir: Path) -> None:
@@ -247,8 +229,9 @@ def prepare(
 ) -> PrepareReport:
     """Bring the feature cache of dataset ``root`` (read with ``layout``) up to date for ``codec``.
 
-    ``codec`` must be an audio codec (it has a ``sample_rate``); its statistics are (re)fitted on all
-    good items and saved to ``<feature dir>/codec``. Bad entries are skipped and listed in the report;
+    ``codec`` must be an audio codec (it has a ``sample_rate``); its statistics are (re)fitted on the good
+    items of the ``train`` split (their active frames: see :meth:`Codec.stat_terms`) and saved to
+    ``<feature dir>/codec``. Bad entries are skipped and listed in the report;
     with ``strict=True`` they raise :class:`BadDataError` instead (the index is then not updated).
     ``workers``: processes for decoding and analysis (small batches of work run in-process).
     ``durable``: flush every new file to disk before the index (see the module docstring).
@@ -384,7 +367,7 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
     report.total = len(new_items)
     report.total_seconds_audio = sum(e["duration_s"] for e in new_items.values())
     report.wall_s = time.perf_counter() - t0
-    write_json_atomic(fdir / "report.json", asdict(report))
+    _write_json(fdir / "report.json", asdict(report))
     if strict and bad:
         raise BadDataError(report)
     if not new_items:
@@ -395,17 +378,24 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
     #    no longer references
     if tasks and durable:
         os.sync()
+    # statistics from the training split only (valid/test items must not shape the normalisation they are
+    # scored in); each content hash counts once, as before
+    fit_hashes = list(dict.fromkeys(e["hash"] for e in new_items.values() if e["split"] == FIT_SPLIT))
+    if not fit_hashes:
+        splits = sorted({e["split"] for e in new_items.values()})
+        raise ValueError(f"no usable item of split {FIT_SPLIT!r} in {root} to fit the codec statistics on; "
+                         f"splits present: {splits}. Give the dataset a training split (metadata 'split' column)")
     totals: dict[str, torch.Tensor] = {}
-    for t in terms.values():
-        for k, v in t.items():
+    for h in fit_hashes:
+        for k, v in terms[h].items():
             totals[k] = totals[k] + v if k in totals else v.clone()
     fitted = type(codec)(codec.config)
     fitted.fit_terms(totals)
     fitted.save(fdir / "codec")
     _save_terms(fdir, terms)
-    write_json_atomic(fdir / INDEX, {"format_version": FORMAT_VERSION, "root": str(root.resolve()),
-                                     "layout": scanned.layout, "codec": codec.name, "items": new_items,
-                                     "bad_files": bad_files, "scanned_at_ns": scan_ns}, indent=None)
+    _write_json(fdir / INDEX, {"format_version": FORMAT_VERSION, "root": str(root.resolve()),
+                               "layout": scanned.layout, "codec": codec.name, "items": new_items,
+                               "bad_files": bad_files, "scanned_at_ns": scan_ns}, indent=None)
     keep = {e["hash"] for e in new_items.values()} | {b["hash"] for b in bad_files}
     old_keep = {e["hash"] for e in old_items.values()} | {b["hash"] for b in old.get("bad_files", [])}
     if tasks or keep != old_keep:
@@ -415,5 +405,5 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
                     if name.split(".")[0] not in keep:
                         os.unlink(os.path.join(dirpath, name))
     report.wall_s = time.perf_counter() - t0
-    write_json_atomic(fdir / "report.json", asdict(report))
+    _write_json(fdir / "report.json", asdict(report))
     return report

@@ -60,8 +60,8 @@ def _layout_options(args) -> dict[str, Any]:
 
 def cmd_prepare(args) -> int:
     from sonodiff.audio.codecs import make_codec
-    from sonodiff.audio.io import write_json_atomic
     from sonodiff.data.cache import BadDataError, prepare
+    from sonodiff.utils.atomic import atomic_write_json
 
     try:
         opts = parse_assignments(args.set or [])
@@ -78,7 +78,7 @@ def cmd_prepare(args) -> int:
         if args.json:
             from dataclasses import asdict
 
-            write_json_atomic(args.json, asdict(e.report))
+            atomic_write_json(args.json, asdict(e.report), indent=1, sort_keys=True)
         return 1
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -92,13 +92,13 @@ def cmd_prepare(args) -> int:
     if args.json:
         from dataclasses import asdict
 
-        write_json_atomic(args.json, asdict(report))
+        atomic_write_json(args.json, asdict(report), indent=1, sort_keys=True)
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from sonodiff.audio.io import write_json_atomic
     from sonodiff.data.inspect import format_inspection, inspect_dataset
+    from sonodiff.utils.atomic import atomic_write_json
 
     try:
         r = inspect_dataset(args.dir, layout=args.layout, full=not args.fast, check=_check_config(args),
@@ -108,7 +108,7 @@ def cmd_inspect(args) -> int:
         return 2
     print(format_inspection(r))
     if args.json:
-        write_json_atomic(args.json, r)
+        atomic_write_json(args.json, r, indent=1, sort_keys=True)
     return 0
 
 

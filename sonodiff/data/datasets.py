@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,8 @@ from sonodiff.audio.io import load_audio
 from sonodiff.data.items import Item
 from sonodiff.data.layouts import scan
 
-__all__ = ["CachedDataset", "FolderDataset", "crop_or_pad", "find_feature_dirs", "pad_collate"]
+__all__ = ["CachedDataset", "Example", "FolderDataset", "crop_or_pad", "field_value", "find_feature_dirs",
+           "frame_seconds", "pad_collate"]
 
 Crop = Literal["random", "start", "center"]
 CROPS = ("random", "start", "center")
@@ -129,23 +131,80 @@ def find_feature_dirs(path: str | os.PathLike) -> list[Path]:
     return out
 
 
+def field_value(entry: dict, field: str):
+    """An item's conditioning field: ``label``, ``caption``, ``transcript``, ``speaker``, or ``meta.KEY`` (an extra
+    metadata column of the dataset); None when the item has none."""
+    if field.startswith("meta."):
+        return (entry.get("meta") or {}).get(field[5:])
+    return entry.get(field)
+
+
+def frame_seconds(codec) -> float:
+    """Seconds between consecutive frames along the last axis of the codec's features: the mel hop, or one sample."""
+    if not codec.sample_rate:
+        raise ValueError(f"codec {codec.name!r} has no sample rate, so its frames have no duration")
+    return getattr(codec.config, "hop_length", 1) / codec.sample_rate
+
+
+@dataclass
+class Example:
+    """One crop of a cached item: what the trainer and :meth:`CachedDataset.__getitem__` are built from."""
+
+    x0: Tensor  # [C, ..., S] normalised features
+    mask: Tensor  # [1, ..., S] float: 1 = real signal (or trained-on silence padding), 0 = masked-out padding
+    meta: dict  # the item's index entry (key, path, split, caption, label, ..., hash, duration_s)
+    start: int = 0  # the crop's first frame in the item (0 when the item is padded)
+
+
+PADS = ("mask", "silence")
+
+
 class CachedDataset(_Segmenting):
-    """Features from a prepared cache, normalised by the cache's fitted codec. ``x``: ``codec.normalize``
-    of the stored features (mel: ``[C, n_mels, S]`` frames; waveform: ``[C, S]`` samples). ``path``: a
-    feature folder, or a cache / dataset folder holding exactly one. ``segment``: crop/pad length in
-    frames (mel) or samples (waveform); None = whole items."""
+    """Features from a prepared cache (:func:`sonodiff.data.cache.prepare`), normalised by the cache's fitted
+    codec: the one cached-feature dataset, used by the trainer and as a ``torch.utils.data.Dataset``.
+
+    Args:
+        path: a feature folder, or a cache / dataset folder holding exactly one.
+        split: keep the items of this split (None = all; a split with no item is an error naming those present).
+        segment: crop/pad length in frames (mel) or samples (waveform); None = whole items.
+        crop: "random" (a uniform start from the example's generator), "start" or "center".
+        seed: seeds the per-(epoch, index) generators of :meth:`__getitem__` (the trainer passes its own).
+        pad: items shorter than ``segment``: "mask" appends zeros with mask 0 (ignored by the loss), "silence"
+            appends the codec's encoding of digital silence with mask 1 (a generator learns to end the sound).
+        max_items: keep only the first N items (sorted by key) when > 0.
+        in_memory: normalise every item once and keep it in memory (training), instead of reading per access.
+    """
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, segment: int | None = None,
-                 crop: Crop = "random", seed: int = 0) -> None:
+                 crop: Crop = "random", seed: int = 0, *, pad: str = "mask", max_items: int = 0,
+                 in_memory: bool = False) -> None:
         super().__init__(segment, crop, seed)
+        if pad not in PADS:
+            raise ValueError(f"pad must be one of {list(PADS)}, got {pad!r}")
+        if segment is not None and segment < 1:
+            raise ValueError(f"segment must be >= 1 frames or None, got {segment}")
         dirs = find_feature_dirs(path)
         if len(dirs) != 1:
+            if not dirs and not Path(path).exists():
+                raise FileNotFoundError(f"{path} not found: run `sonodiff data prepare` first")
             raise ValueError(f"{path} holds {len(dirs)} prepared feature folders {[d.name for d in dirs]}; "
                              "pass one of them")
         self.dir = dirs[0]
         index = json.loads((self.dir / "index.json").read_text())
         self.codec = load_codec(self.dir / "codec")
-        self.entries = [e for _, e in sorted(index["items"].items()) if split is None or e["split"] == split]
+        entries = [e for _, e in sorted(index["items"].items()) if split is None or e["split"] == split]
+        if max_items > 0:
+            entries = entries[:max_items]
+        if split is not None and not entries:
+            splits = sorted({e["split"] for e in index["items"].values()})
+            raise ValueError(f"no items in split {split!r} of {self.dir}; splits present: {splits}")
+        self.entries, self.pad = entries, pad
+        self.silence = None
+        if pad == "silence":
+            with torch.no_grad():  # the encoding of one frame of digital silence, [C, ..., 1]
+                silent = self.codec.analyze(torch.zeros(1, self.codec.channels, self.codec.sample_rate // 10))
+                self.silence = self.codec.normalize(silent)[0][..., :1].float()
+        self._normed = [self._read_normalized(i) for i in range(len(entries))] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -158,7 +217,54 @@ class CachedDataset(_Segmenting):
         with safe_open(str(self.dir / "items" / h[:2] / f"{h}.safetensors"), "pt") as f:
             return f.get_tensor("features")
 
+    def _read_normalized(self, index: int) -> Tensor:
+        with torch.no_grad():
+            return self.codec.normalize(self.features(index)[None])[0].float().contiguous()
+
+    def normalized(self, index: int) -> Tensor:
+        """Normalised features ``[C, ..., frames]`` of entry ``index`` (from memory when ``in_memory``)."""
+        return self._normed[index] if self._normed is not None else self._read_normalized(index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example ``[C, ..., segment]``."""
+        if self.segment is None:
+            raise ValueError("examples have no fixed shape without a segment length")
+        return tuple(self.normalized(0).shape[:-1]) + (self.segment,)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per frame along the last axis (``Example.start * frame_seconds`` = the crop's start in s)."""
+        return frame_seconds(self.codec)
+
+    def labels(self, field: str) -> list[str]:
+        """Sorted distinct values of a metadata field (e.g. the class labels)."""
+        vals = {field_value(e, field) for e in self.entries}
+        if None in vals:
+            missing = next(e["path"] for e in self.entries if field_value(e, field) is None)
+            raise ValueError(f"field {field!r} is missing for {missing} (and maybe others) in {self.dir}")
+        return sorted(vals)
+
+    def example(self, index: int, generator: torch.Generator | None) -> Example:
+        """Entry ``index`` cropped or padded to ``segment`` frames; a random crop's start comes from ``generator``."""
+        f = self.normalized(index)
+        n, T = f.shape[-1], self.segment
+        ones = (1,) * (f.ndim - 1)
+        if T is None:
+            return Example(f, torch.ones(ones + (n,)), self.entries[index], 0)
+        if n >= T:
+            if self.crop == "random":
+                start = int(torch.randint(0, n - T + 1, (1,), generator=generator))
+            else:
+                start = (n - T) // 2 if self.crop == "center" else 0
+            return Example(f[..., start:start + T], torch.ones(ones + (T,)), self.entries[index], start)
+        if self.pad == "silence":
+            return Example(torch.cat([f, self.silence.expand(*f.shape[:-1], T - n)], dim=-1), torch.ones(ones + (T,)),
+                           self.entries[index], 0)
+        mask = torch.zeros(ones + (T,))
+        mask[..., :n] = 1.0
+        return Example(torch.nn.functional.pad(f, (0, T - n)), mask, self.entries[index], 0)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        x = self.codec.normalize(self.features(index))
-        x, mask = self._segment(x, index)
-        return {"x": x, "mask": mask, **_text_fields(self.entries[index])}
+        ex = self.example(index, self._generator(index))
+        return {"x": ex.x0, "mask": ex.mask.reshape(-1).bool(), **_text_fields(self.entries[index])}

@@ -77,8 +77,11 @@ def train_classifier(audio: Tensor, labels: list[str], config: ClassifierConfig,
                      batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log=None) -> AudioClassifier:
     """Train on ``audio [N, T]`` with string ``labels``; light augmentation (gain, time shift) from ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = AudioClassifier(config)
+    # torch's layer initialisers draw from the global generator and take none of their own: seed it inside a
+    # fork, so the caller's global RNG state is exactly as it was (library code never reseeds it)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AudioClassifier(config)
     idx = torch.tensor([config.labels.index(l) for l in labels])
     with torch.no_grad():
         f = model.features(audio)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 __all__ = ["UNetConfig"]
@@ -134,14 +133,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
-        """Inverse of :meth:`to_dict`. Unknown keys are an error (with the closest valid name)."""
-        names = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in names:
-                hint = difflib.get_close_matches(k, names, n=1)
-                raise ValueError(
-                    f"unknown UNetConfig key {k!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
-                    + f" Valid keys: {names}"
-                )
-        return cls(**d)
+        """Inverse of :meth:`to_dict`. Unknown keys and wrong types are errors (with the closest valid name)."""
+        from sonodiff.utils.config import from_dict
+
+        return from_dict(cls, dict(d), "UNetConfig")

@@ -35,11 +35,18 @@ def _pipe(args):
 def _provenance(pipe, args, prompt, seed, **extra) -> dict:
     from sonodiff import __version__
 
-    return {"prompt": prompt, "seed": seed, "steps": args.steps, "sampler": args.sampler or pipe.config["sampling"]["sampler"],
+    kw = _sampling_kwargs(args)  # the settings as resolved against the model's defaults, for the sidecar
+    sp = pipe._sampling(args.steps, kw["sampler"], kw["schedule"], kw["guidance_scale"], "model", kw["sampler_options"],
+                        kw["schedule_options"], kw["cfg_rescale"])
+    return {"prompt": prompt, "seed": seed, "steps": sp["num_steps"], "sampler": sp["sampler"],
+            "sampler_options": sp["sampler_options"], "schedule": sp["schedule"],
+            "schedule_options": sp["schedule_options"], "cfg_rescale": sp["cfg_rescale"],
             "guidance_scale": args.cfg if args.cfg is not None else pipe.config["sampling"]["guidance_scale"],
             "guidance_interval": (pipe.config["sampling"].get("guidance_interval") if args.cfg_interval is None
                                   else None if args.cfg_interval == ["all"] else list(_interval(args.cfg_interval))),
-            "negative_prompt": getattr(args, "negative", None), "model": pipe.path,
+            "negative_prompt": getattr(args, "negative", None),
+            # the model as the user named it (a shipped name, or the path as given), never this machine's path
+            "model": str(args.model) if args.model else pipe.config["source"].get("name"),
             "model_name": pipe.config["source"].get("name"), "weights_sha256_16": pipe.config.get("weights_sha256_16"),
             "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
 
@@ -62,10 +69,9 @@ def _spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
     from sonodiff.utils.atomic import atomic_path
-
-    import torch
 
     x = audio[0].double()
     n_fft = 512 if len(x) >= 512 else max(16, 1 << (len(x).bit_length() - 1))
@@ -90,8 +96,30 @@ def _outputs(out: Path, n: int) -> list[Path]:
     return [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(n)]
 
 
+def _options(items: list[str] | None, flag: str) -> dict:
+    """``["eta=0.5", "predictor_options.eta=1"]`` -> ``{"eta": 0.5, "predictor_options": {"eta": 1}}``; values are
+    TOML (numbers, true/false, "strings", {inline = tables}), a bare word is a string."""
+    from sonodiff.utils.config import ConfigError, parse_override
+
+    out: dict = {}
+    for item in items or []:
+        try:
+            keys, value = parse_override(item)
+        except ConfigError as e:
+            raise ValueError(f"{flag} {item!r}: must look like KEY=VALUE (e.g. {flag} eta=0.5) ({e})") from None
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{flag} {item!r}: {k} was already given a value")
+        node[keys[-1]] = value
+    return out
+
+
 def _sampling_kwargs(args) -> dict:
-    kw = {"num_steps": args.steps, "sampler": args.sampler, "guidance_scale": args.cfg}
+    kw = {"num_steps": args.steps, "sampler": args.sampler, "guidance_scale": args.cfg, "schedule": args.schedule,
+          "sampler_options": _options(args.sampler_opt, "--sampler-opt"),
+          "schedule_options": _options(args.schedule_opt, "--schedule-opt"), "cfg_rescale": args.cfg_rescale}
     if args.cfg_interval is not None:
         kw["guidance_interval"] = None if args.cfg_interval == ["all"] else _interval(args.cfg_interval)
     if getattr(args, "negative", None):
@@ -213,9 +241,19 @@ def _models(args) -> int:
 
 def _common(p, out_default: str | None) -> None:
     p.add_argument("--model", help="a shipped model name (see `sonodiff models`) or an exported model directory")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, usually 25)")
     p.add_argument("--sampler", help="sampler name (default: the model's, usually dpmpp_2m); see `sonodiff samplers`")
+    p.add_argument("--sampler-opt", action="append", metavar="KEY=VALUE",
+                   help="a keyword option of the sampler, repeatable: e.g. eta=0.5 (ddim, euler_ancestral, SDE solvers), "
+                        "s_churn=40 (heun), snr=0.1 or predictor=heun (langevin_pc); `sonodiff samplers` lists them")
+    p.add_argument("--schedule", help="sigma grid (default: the model's, usually karras): karras, exponential, logsnr, "
+                                      "linspace, leading, trailing (VP spacings) or flow")
+    p.add_argument("--schedule-opt", action="append", metavar="KEY=VALUE",
+                   help="an option of the grid, repeatable: e.g. rho=5 (karras), shift=3 (flow), "
+                        "beta_schedule=cosine (linspace/leading/trailing), sigma_max=40")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--cfg-rescale", type=float, metavar="PHI",
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2024; default: the model's, usually 0 = off)")
     p.add_argument("--cfg-interval", nargs="+", metavar="LO HI",
                    help="guide only at noise levels LO < sigma <= HI (faster: the unconditional branch is skipped "
                         "elsewhere); 'all' guides every step (default: the model's setting)")

@@ -2,6 +2,8 @@
 
     pipe = Pipeline.from_pretrained("fsdd_digits_mel")            # a shipped model name or a directory
     out = pipe(["7", "3"], seeds=[0, 1], num_steps=25)             # out.audio [B, C, T], out.sample_rate
+    out = pipe(["7"], sampler="ddim", sampler_options={"eta": 0.5}, schedule="karras",
+               schedule_options={"rho": 5}, guidance_scale=3, cfg_rescale=0.7)  # every core setting reaches here
     gap = pipe.inpaint(audio, sr, start_s=0.2, end_s=0.4, prompts=["7"])
     more = pipe.continue_audio(audio, sr, duration_s=2.0, prompts=["7"])
     var = pipe.vary(audio, sr, strength=0.5, prompts=["7"])
@@ -24,7 +26,15 @@ import torch
 from torch import Tensor
 
 from sonodiff.pipelines.decode import crossfade_join, equal_power_fade, features_to_audio
-from sonodiff.pipelines.sampling import generate_latents, guided_denoiser, sampling_grid, seed_generators
+from sonodiff.pipelines.sampling import (
+    check_sampler_options,
+    generate_latents,
+    guided_denoiser,
+    inference_values,
+    sampling_grid,
+    seed_generators,
+    takes_prompt,
+)
 
 __all__ = ["Pipeline", "Generation", "MAX_DURATION_S"]
 
@@ -45,7 +55,7 @@ class Generation:
 
 
 class Pipeline:
-    """An exported model (:func:`sonodiff.pipelines.model_dir.load_model_dir`) ready to sample."""
+    """An exported model (:func:`sonodiff.models.model_dir.load_model_dir`) ready to sample."""
 
     def __init__(self, model, codec, config: dict, path: str | Path = "") -> None:
         self.model, self.codec, self.config, self.path = model, codec, config, str(path)
@@ -58,7 +68,7 @@ class Pipeline:
                         dtype: torch.dtype = torch.float32) -> "Pipeline":
         """Load a shipped model by name (``sonodiff models``) or an exported directory."""
         from sonodiff.models import resolve_model
-        from sonodiff.pipelines.model_dir import load_model_dir
+        from sonodiff.models.model_dir import load_model_dir
 
         path = resolve_model(name_or_path)
         model, codec, config = load_model_dir(path)
@@ -104,13 +114,18 @@ class Pipeline:
         return self.model.conditioner is not None
 
     @property
+    def takes_prompt(self) -> bool:
+        """Whether generation needs prompts (text or labels); a timing-only model is conditional but takes none."""
+        return self.is_conditional and takes_prompt(self.model.conditioner)
+
+    @property
     def labels(self) -> list[str] | None:
         """Valid prompts of a class-conditional model (None for text or unconditional models)."""
         c = self.model.conditioner
         return list(c.config.labels) if c is not None and getattr(c.config, "labels", None) else None
 
     def _frames(self, seconds: float) -> int:
-        from sonodiff.training.build import frames_for_seconds
+        from sonodiff.models.diffusion import frames_for_seconds
 
         return frames_for_seconds(self.codec, seconds)
 
@@ -136,7 +151,7 @@ class Pipeline:
         if num_per_prompt < 1:
             raise ValueError(f"num_per_prompt must be >= 1, got {num_per_prompt}")
         if prompts is None:
-            if self.is_conditional:
+            if self.takes_prompt:
                 hint = f"; valid labels: {self.labels}" if self.labels else ""
                 raise ValueError(f"this model is conditional: give prompts{hint}")
             rows = [None] * num_per_prompt
@@ -153,6 +168,9 @@ class Pipeline:
                     raise ValueError(f"prompt {p!r} is not a label of this class-conditional model; valid: {self.labels}")
             if not self.is_conditional:
                 raise ValueError("this model is unconditional: call it without prompts")
+            if not self.takes_prompt:
+                raise ValueError(f"this model takes no prompt (its conditioning is {self.model.conditioner.name!r}, "
+                                 "filled in from the duration): call it without prompts")
             rows = [p for p in prompts for _ in range(num_per_prompt)]
         if seeds is None:
             seeds = list(range(len(rows)))
@@ -162,30 +180,59 @@ class Pipeline:
         seed_generators(seeds)  # validates
         return rows, seeds
 
-    def _conds(self, rows: list, negative_prompt):
-        if rows[0] is None:
+    def _conds(self, rows: list, negative_prompt, duration_s: float, start_s: float = 0.0):
+        """(cond, negative) of the rows; a timing conditioner is given ``start_s`` and ``duration_s`` (the window's
+        offset in, and the length of, the whole output)."""
+        c = self.model.conditioner
+        if c is None:
             return None, None
-        cond = self.model.cond(rows, device=self.device)
+        cond = self.model.cond([inference_values(c, r, duration_s, start_s) for r in rows], device=self.device)
         negative = None
         if negative_prompt is not None:
+            if not self.takes_prompt:
+                raise ValueError("negative_prompt needs a model that takes prompts; this one takes none")
             neg = [negative_prompt] * len(rows) if isinstance(negative_prompt, str) else list(negative_prompt)
             if len(neg) != len(rows) or any(not isinstance(n, str) or not n.strip() for n in neg):
                 raise ValueError(f"negative_prompt must be a non-empty string or one per output ({len(rows)}), got {negative_prompt!r}")
-            negative = self.model.cond(neg, device=self.device)
+            negative = self.model.cond([inference_values(c, n, duration_s, start_s) for n in neg], device=self.device)
         return cond, negative
 
-    def _sampling(self, num_steps, sampler, schedule, guidance_scale, guidance_interval="model") -> dict:
+    def _sampling(self, num_steps, sampler, schedule, guidance_scale, guidance_interval="model", sampler_options=None,
+                  schedule_options=None, cfg_rescale=None) -> dict:
+        """Every sampling setting resolved against the model's ``sampling`` defaults and checked.
+
+        The model's ``sampler_options`` / ``schedule_options`` apply when its own sampler / schedule is used (the
+        given ones override them key by key); another sampler or schedule starts from its own defaults.
+        """
         s = self.config["sampling"]
-        from sonodiff.core import SAMPLERS
+        from sonodiff.core import SCHEDULES
 
         sampler = sampler or s["sampler"]
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; valid names: {sorted(SAMPLERS)}")
-        if not isinstance(num_steps, int) or num_steps < 1 or num_steps > 1000:
+        if sampler_options is not None and not isinstance(sampler_options, dict):
+            raise ValueError(f"sampler_options must be a dict of option -> value, got {sampler_options!r}")
+        base = s.get("sampler_options", {}) if sampler == s["sampler"] else {}
+        sampler_options = check_sampler_options(sampler, {**base, **(sampler_options or {})})
+        num_steps = s["num_steps"] if num_steps is None else num_steps  # None: the model's default
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1 or num_steps > 1000:
             raise ValueError(f"num_steps must be an int in [1, 1000], got {num_steps!r}")
+        schedule = schedule or s["schedule"]
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; valid names: {sorted(SCHEDULES)}")
+        if schedule_options is not None and not isinstance(schedule_options, dict):
+            raise ValueError(f"schedule_options must be a dict of option -> value, got {schedule_options!r}")
+        schedule_options = {**(s.get("schedule_options", {}) if schedule == s["schedule"] else {}),
+                            **(schedule_options or {})}
+        try:  # built here once so that a bad option is an error before any conditioning or sampling
+            sampling_grid(schedule, num_steps, s["sigma_min"], s["sigma_max"], schedule_options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"schedule {schedule!r} with schedule_options {schedule_options}: {e}") from None
         g = s["guidance_scale"] if guidance_scale is None else guidance_scale
         if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        phi = s.get("cfg_rescale", 0.0) if cfg_rescale is None else cfg_rescale
+        if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not 0.0 <= phi <= 1.0:
+            raise ValueError(f"cfg_rescale (guidance rescale phi, Lin et al. 2024) must be a number in [0, 1], "
+                             f"got {cfg_rescale!r}")
         gi = s.get("guidance_interval") if isinstance(guidance_interval, str) and guidance_interval == "model" \
             else guidance_interval
         if gi is not None:
@@ -194,38 +241,51 @@ class Pipeline:
             if not ok:
                 raise ValueError(f"guidance_interval must be (lo, hi) noise levels with 0 <= lo < hi, or None, got {gi!r}")
             gi = (float(gi[0]), float(gi[1]))
-        return {"num_steps": num_steps, "sampler": sampler, "schedule": schedule or s["schedule"],
-                "guidance_scale": float(g), "guidance_interval": gi, "sigma_min": s["sigma_min"],
-                "sigma_max": s["sigma_max"]}
+        return {"num_steps": num_steps, "sampler": sampler, "sampler_options": sampler_options, "schedule": schedule,
+                "schedule_options": schedule_options, "guidance_scale": float(g), "guidance_interval": gi,
+                "cfg_rescale": float(phi), "sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"]}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str] | None = None, *, num_per_prompt: int = 1,
                  negative_prompt: str | Sequence[str] | None = None, duration_s: float | None = None,
-                 num_steps: int = 25, sampler: str | None = None, schedule: str | None = None,
+                 num_steps: int | None = None, sampler: str | None = None, schedule: str | None = None,
                  guidance_scale: float | None = None, guidance_interval="model",
+                 sampler_options: dict | None = None, schedule_options: dict | None = None,
+                 cfg_rescale: float | None = None,
                  seeds: Sequence[int] | int | None = None, callback: Callable | None = None) -> Generation:
         """Text/class-to-audio or unconditional generation. Sample k depends only on (prompt k, seed k).
 
+        ``sampler`` (``sonodiff.core.SAMPLERS``) with ``sampler_options``, its keyword options (e.g. ``{"eta": 0.5}``
+        for ddim / euler_ancestral / the SDE solvers, ``{"s_churn": 40, "s_tmin": 0.05, "s_tmax": 50}`` for heun,
+        ``{"predictor": "euler", "snr": 0.1}`` for langevin_pc; ``sonodiff samplers`` lists them); ``schedule``
+        (``sonodiff.core.SCHEDULES``: karras, exponential, logsnr over the model's noise range, the VP spacings
+        linspace / leading / trailing of a ``beta_schedule``, flow with ``shift``) with ``schedule_options``. The
+        model's own options apply to its own sampler and schedule unless overridden. ``guidance_scale``: the
+        classifier-free guidance weight; ``cfg_rescale``: guidance rescale phi in [0, 1] (Lin et al. 2024, in x0
+        space; default the model's, 0 = off).
         ``guidance_interval``: ``(lo, hi)``: apply guidance only at noise levels lo < sigma <= hi (Kynkaanniemi
         et al. 2024); elsewhere the unconditional branch is skipped. ``None``: guide at every step; default: the
         model's ``sampling.guidance_interval``. Durations up to :attr:`max_window_seconds` are generated in one
         pass; longer ones as overlapping windows (:meth:`stream`).
         """
         duration_s = self._check_duration(duration_s)
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
         if duration_s > self.max_window_seconds * 1.001:
             chunks = list(self.stream(prompts, duration_s=duration_s, num_per_prompt=num_per_prompt,
                                       negative_prompt=negative_prompt, num_steps=num_steps, sampler=sampler,
                                       schedule=schedule, guidance_scale=guidance_scale,
-                                      guidance_interval=guidance_interval, seeds=seeds))
+                                      guidance_interval=guidance_interval, sampler_options=sampler_options,
+                                      schedule_options=schedule_options, cfg_rescale=cfg_rescale, seeds=seeds))
             rows, seeds = self._rows(prompts, num_per_prompt, seeds)
             audio = torch.cat(chunks, dim=-1)[..., : int(round(duration_s * self.sample_rate))]
             return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), torch.empty(0))
         rows, seeds = self._rows(prompts, num_per_prompt, seeds)
-        cond, negative = self._conds(rows, negative_prompt)
+        cond, negative = self._conds(rows, negative_prompt, duration_s)
         z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
                              cond=cond, negative=negative, callback=callback, device=self.device, max_rows=self.max_rows,
-                             **self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
+                             **sp)
         audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)))
         return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
 
@@ -258,44 +318,58 @@ class Pipeline:
         with torch.no_grad():
             return self.codec.encode(audio[None].float()).to(self.device)
 
-    def _guided(self, rows, negative_prompt, guidance_scale: float, guidance_interval=None):
+    def _guided(self, rows, negative_prompt, sampling: dict, duration_s: float, start_s: float = 0.0):
         """(denoiser with classifier-free guidance when it applies, cond) for the given rows."""
-        cond, negative = self._conds(rows, negative_prompt)
-        D = guided_denoiser(self.model.denoiser, cond, negative=negative, guidance_scale=guidance_scale,
-                            guidance_interval=guidance_interval, max_rows=self.max_rows)
+        cond, negative = self._conds(rows, negative_prompt, duration_s, start_s)
+        D = guided_denoiser(self.model.denoiser, cond, negative=negative, guidance_scale=sampling["guidance_scale"],
+                            guidance_interval=sampling["guidance_interval"], cfg_rescale=sampling["cfg_rescale"],
+                            max_rows=self.max_rows)
         return D, cond
 
-    def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict):
+    def _grid(self, sampling: dict) -> Tensor:
+        return sampling_grid(sampling["schedule"], sampling["num_steps"], sampling["sigma_min"], sampling["sigma_max"],
+                             sampling["schedule_options"])
+
+    def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict,
+                     duration_s: float, start_s: float = 0.0):
         from sonodiff.core.editing import inpaint, repaint
 
-        D, cond = self._guided(rows, negative_prompt, sampling["guidance_scale"], sampling["guidance_interval"])
+        D, cond = self._guided(rows, negative_prompt, sampling, duration_s, start_s)
         gens = seed_generators(seeds)
-        sigmas = sampling_grid(sampling["schedule"], sampling["num_steps"], sampling["sigma_min"], sampling["sigma_max"])
+        sigmas = self._grid(sampling)
         x = torch.stack([torch.randn(x_known.shape[1:], generator=g, dtype=torch.float64) for g in gens])
         x = (x * sigmas[0]).to(self.device)
         if method == "replace":
-            return inpaint(D, x_known, mask, x, sigmas.to(self.device), sampling["sampler"], cond=cond, generator=gens)
+            return inpaint(D, x_known, mask, x, sigmas.to(self.device), sampling["sampler"], cond=cond, generator=gens,
+                           **sampling["sampler_options"])
         if method == "repaint":
             return repaint(D, x_known, mask, sigmas.to(self.device), cond=cond, generator=gens)
         raise ValueError(f"unknown inpainting method {method!r}; valid: ['repaint', 'replace']")
 
     @torch.no_grad()
     def inpaint(self, audio: Tensor, sample_rate: int, start_s: float, end_s: float, prompts=None, *,
-                seeds=None, method: str = "replace", negative_prompt=None, num_steps: int = 25, sampler=None,
-                schedule=None, guidance_scale=None, guidance_interval="model") -> Generation:
-        """Regenerate ``[start_s, end_s)`` of ``audio [C, T]``; the rest is returned unchanged."""
+                seeds=None, method: str = "replace", negative_prompt=None, num_steps: int | None = None, sampler=None,
+                schedule=None, guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+        """Regenerate ``[start_s, end_s)`` of ``audio [C, T]``; the rest is returned unchanged.
+
+        Sampling settings as in :meth:`__call__`. ``method="repaint"`` takes RePaint's own ancestral steps, so
+        ``sampler_options`` do not apply to it."""
         T = audio.shape[-1]
         dur = T / sample_rate
         if not (0 <= start_s < end_s <= dur):
             raise ValueError(f"need 0 <= start_s < end_s <= {dur:.3f} s (the input's length), got {start_s}, {end_s}")
+        if method == "repaint" and sampler_options:
+            raise ValueError(f"method='repaint' takes its own ancestral (DDPM) steps; sampler_options {sampler_options} "
+                             "do not apply to it (use method='replace')")
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
         z = self._encode_input(audio, sample_rate)
         rows, seeds = self._rows(prompts, 1, seeds)
         z = z.expand(len(rows), *z.shape[1:]).contiguous()
         f0, f1 = self._frames(start_s) - 1, self._frames(end_s)
         mask = torch.ones_like(z, dtype=torch.bool)
         mask[..., max(f0, 0):min(f1, z.shape[-1])] = False
-        out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method,
-                                self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
+        out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method, sp, dur)
         gen = features_to_audio(self.codec, out.float().cpu(), length=T)
         a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
         res = torch.stack([_splice(audio, g, a, b, int(FADE_S * sample_rate)) for g in gen])
@@ -303,10 +377,13 @@ class Pipeline:
 
     @torch.no_grad()
     def continue_audio(self, audio: Tensor, sample_rate: int, duration_s: float, prompts=None, *, seeds=None,
-                       negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None,
-                       guidance_scale=None, guidance_interval="model") -> Generation:
-        """Continue ``audio [C, T]`` to a total of ``duration_s``; the original prefix is kept exactly."""
+                       negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None,
+                       guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+        """Continue ``audio [C, T]`` to a total of ``duration_s``; the original prefix is kept exactly.
+        Sampling settings as in :meth:`__call__`."""
         duration_s = self._check_duration(duration_s)
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
         T = audio.shape[-1]
         if duration_s * sample_rate <= T:
             raise ValueError(f"duration_s={duration_s} must exceed the input's length ({T / sample_rate:.3f} s)")
@@ -317,8 +394,7 @@ class Pipeline:
         from sonodiff.core.editing import continuation_inputs
 
         x_known, mask = continuation_inputs(z[..., :known_frames].expand(len(rows), *z.shape[1:-1], known_frames), total)
-        out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace",
-                                self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval))
+        out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace", sp, duration_s)
         n_out = int(round(duration_s * sample_rate))
         gen = features_to_audio(self.codec, out.float().cpu(), length=n_out)
         fade = int(FADE_S * sample_rate)
@@ -327,51 +403,56 @@ class Pipeline:
 
     @torch.no_grad()
     def vary(self, audio: Tensor, sample_rate: int, strength: float, prompts=None, *, seeds=None,
-             negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None,
-             guidance_interval="model") -> Generation:
-        """SDEdit variation / style transfer of ``audio [C, T]``: strength 0 returns it unchanged, 1 ignores it."""
-        from sonodiff.core.editing import sdedit_start
+             negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None, guidance_scale=None,
+             guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+        """SDEdit variation / style transfer of ``audio [C, T]``: strength 0 returns it unchanged, 1 ignores it.
+        Sampling settings as in :meth:`__call__`."""
         from sonodiff.core import sample
+        from sonodiff.core.editing import sdedit_start
 
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
         z = self._encode_input(audio, sample_rate)
         rows, seeds = self._rows(prompts, 1, seeds)
         if strength == 0:  # nothing is noised, so nothing is generated: the input is the result
             return Generation(audio[None].expand(len(rows), *audio.shape).clone(), sample_rate, tuple(seeds),
                               tuple(rows), z.expand(len(rows), *z.shape[1:]).cpu())
-        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval)
-        D, cond = self._guided(rows, negative_prompt, sp["guidance_scale"], sp["guidance_interval"])
+        D, cond = self._guided(rows, negative_prompt, sp, audio.shape[-1] / sample_rate)
         gens = seed_generators(seeds)
-        sigmas = sampling_grid(sp["schedule"], sp["num_steps"], sp["sigma_min"], sp["sigma_max"])
+        sigmas = self._grid(sp)
         x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,
                                generator=gens)
-        out = sample(D, x, grid, sp["sampler"], cond=cond, generator=gens) if len(grid) > 1 else x
+        out = sample(D, x, grid, sp["sampler"], cond=cond, generator=gens, **sp["sampler_options"]) if len(grid) > 1 else x
         res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1])
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
 
     # ------------------------------------------------------------------ long-form
     @torch.no_grad()
     def stream(self, prompts=None, *, duration_s: float, num_per_prompt: int = 1, overlap: float = 0.25,
-               negative_prompt=None, num_steps: int = 25, sampler=None, schedule=None, guidance_scale=None,
-               guidance_interval="model", seeds=None) -> Iterator[Tensor]:
+               negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None, guidance_scale=None,
+               guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None, seeds=None) -> Iterator[Tensor]:
         """Long-form generation as a stream of audio chunks ``[B, C, t]`` (concatenated: ``duration_s``).
 
         Windows of :attr:`max_window_seconds` overlap by ``overlap`` of a window; each window is outpainted from
         the previous one's tail (its first frames are the previous window's last, kept by replacement), and
         consecutive chunks are joined with an equal-power crossfade over the overlap, so there is no click.
+        Sampling settings as in :meth:`__call__`; a timing-conditioned model is told each window's offset
+        (``seconds_start``) and the whole length (``seconds_total = duration_s``).
         """
         duration_s = self._check_duration(duration_s)
         if not 0.0 < overlap < 0.9:
             raise ValueError(f"overlap must be in (0, 0.9), got {overlap}")
         rows, seeds = self._rows(prompts, num_per_prompt, seeds)
-        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval)
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
         W = self._frames(self.max_window_seconds)
         O = max(2, int(W * overlap))
         hop_s = self.codec.config.hop_length / self.sample_rate if self.codec.name == "mel" else 1 / self.sample_rate
         total = int(round(duration_s * self.sample_rate))
         shape = self._feature_shape()
-        cond, negative = self._conds(rows, negative_prompt)
+        cond, negative = self._conds(rows, negative_prompt, duration_s)
         emitted, prev_tail, k = 0, None, 0
         z_prev = None
         while emitted < total:
@@ -384,7 +465,8 @@ class Pipeline:
                 x_known[..., :O] = z_prev[..., -O:]
                 mask = torch.zeros_like(x_known, dtype=torch.bool)
                 mask[..., :O] = True
-                z = self._edit_sample(x_known, mask, rows, win_seeds, negative_prompt, "replace", sp).float()
+                z = self._edit_sample(x_known, mask, rows, win_seeds, negative_prompt, "replace", sp, duration_s,
+                                      start_s=k * (W - O) * hop_s).float()
             audio = features_to_audio(self.codec, z.cpu(), length=int(round((W - 1) * hop_s * self.sample_rate)))
             ov = int(round((O - 1) * hop_s * self.sample_rate))
             if prev_tail is None:

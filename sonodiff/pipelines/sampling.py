@@ -9,23 +9,85 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sonodiff.core import get_sigmas, sample
+from sonodiff.core import sample
 from sonodiff.core.cond import Cond
+from sonodiff.core.schedules import model_sigmas
 
-__all__ = ["generate_latents", "guided_denoiser", "seed_generators", "sampling_grid", "GRID_SCHEDULES", "MicroBatched"]
+__all__ = ["generate_latents", "guided_denoiser", "seed_generators", "sampling_grid", "check_sampler_options",
+           "CONDITIONING_INPUTS", "inference_values", "MicroBatched"]
 
-GRID_SCHEDULES = ("karras", "exponential", "logsnr")  # grids defined by a model's (sigma_min, sigma_max)
+# What each conditioner (a key for every name in sonodiff.conditioning.registry.CONDITIONERS) is given, per row:
+#   "prompt":     the user's prompt at generation; the item's ``conditioning.field`` in training (label, caption,
+#                 a number from meta.KEY)
+#   "timing":     {"seconds_start", "seconds_total"} (Stable Audio): 0 and the requested duration at generation;
+#                 the crop's start and the item's duration in training
+#   "audio":      an audio clip (CLAP audio embeddings); not yet given by the trainer or the pipeline
+#   "components": a dict of the components' inputs (composed)
+CONDITIONING_INPUTS = {
+    "class_label": "prompt",
+    "sentence": "prompt",
+    "clap_text": "prompt",
+    "clip_text": "prompt",
+    "t5": "prompt",
+    "number": "prompt",
+    "timing": "timing",
+    "clap_audio": "audio",
+    "composed": "components",
+}
 
 
-def sampling_grid(schedule: str, num_steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """A float64 grid from ``sigma_max`` down to ``sigma_min`` then 0, for the schedules a model's range defines."""
-    if schedule not in GRID_SCHEDULES:
-        raise ValueError(f"schedule {schedule!r} cannot be built from a sigma range; valid: {list(GRID_SCHEDULES)}")
-    if schedule == "logsnr":
-        import math
+def conditioning_input(conditioner) -> str:
+    """The kind of input ``conditioner`` takes (a value of :data:`CONDITIONING_INPUTS`)."""
+    if conditioner.name not in CONDITIONING_INPUTS:  # a conditioner registered without saying what it takes
+        raise ValueError(f"conditioner {conditioner.name!r} is not in sonodiff.pipelines.sampling.CONDITIONING_INPUTS; "
+                         f"known: {sorted(CONDITIONING_INPUTS)}")
+    return CONDITIONING_INPUTS[conditioner.name]
 
-        return get_sigmas("logsnr", num_steps, logsnr_min=-2 * math.log(sigma_max), logsnr_max=-2 * math.log(sigma_min))
-    return get_sigmas(schedule, num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+
+def takes_prompt(conditioner) -> bool:
+    """Whether ``conditioner`` (or one of its components) is given the user's prompt."""
+    kind = conditioning_input(conditioner)
+    if kind == "components":
+        return any(takes_prompt(c) for c in conditioner.components.values())
+    return kind == "prompt"
+
+
+def inference_values(conditioner, prompt, duration_s: float, start_s: float = 0.0):
+    """The conditioning value of one generated row: ``prompt`` for prompt conditioners, ``{"seconds_start":
+    start_s, "seconds_total": duration_s}`` for timing (Evans et al. 2024: the window's offset in, and the length
+    of, the whole output), a dict of these for a composed conditioner."""
+    kind = conditioning_input(conditioner)
+    if kind == "components":
+        return {n: inference_values(c, prompt, duration_s, start_s) for n, c in conditioner.components.items()}
+    if kind == "timing":
+        return {"seconds_start": float(start_s), "seconds_total": float(duration_s)}
+    if kind == "audio":
+        raise ValueError(f"this model is conditioned on audio ({conditioner.name!r}); the pipeline cannot take an "
+                         "audio prompt yet")
+    return prompt
+
+
+def sampling_grid(schedule: str, num_steps: int, sigma_min: float, sigma_max: float,
+                  options: dict | None = None) -> torch.Tensor:
+    """The float64 grid ``schedule`` (any name in ``sonodiff.core.SCHEDULES``) for a model trained on
+    ``[sigma_min, sigma_max]``, with the grid's ``options`` (e.g. ``{"rho": 5}``, ``{"shift": 3}``,
+    ``{"beta_schedule": "cosine"}``); see :func:`sonodiff.core.schedules.model_sigmas`."""
+    return model_sigmas(schedule, num_steps, sigma_min, sigma_max, **(options or {}))
+
+
+def check_sampler_options(sampler: str, options: dict) -> dict:
+    """Raise unless every key of ``options`` is a keyword option of sampler ``sampler`` (its function signature)."""
+    from sonodiff.core.samplers import SAMPLERS, sampler_options
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid names: {sorted(SAMPLERS)}")
+    if not isinstance(options, dict):
+        raise ValueError(f"sampler_options must be a dict of option -> value, got {type(options).__name__}")
+    valid = sorted(sampler_options(sampler))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} has no option(s) {unknown}; its options are {valid}")
+    return dict(options)
 
 
 class MicroBatched:
@@ -49,14 +111,17 @@ class MicroBatched:
 
 
 def guided_denoiser(denoiser, cond: Cond | None, *, negative: Cond | None = None, guidance_scale: float = 1.0,
-                    guidance_interval: tuple[float, float] | None = None, max_rows: int | None = None):
+                    guidance_interval: tuple[float, float] | None = None, cfg_rescale: float = 0.0,
+                    max_rows: int | None = None):
     """The denoiser the samplers call: micro-batched when ``max_rows`` is set, wrapped in classifier-free
-    guidance when ``cond`` is given and ``guidance_scale != 1`` (limited to ``guidance_interval``)."""
+    guidance when ``cond`` is given and ``guidance_scale != 1`` (limited to ``guidance_interval``, rescaled by
+    ``cfg_rescale`` = phi of Lin et al. 2024 in x0 space)."""
     D = MicroBatched(denoiser, max_rows) if max_rows else denoiser
     if cond is not None and guidance_scale != 1.0:
         from sonodiff.core.guidance import ClassifierFreeGuidance
 
-        D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval)
+        D = ClassifierFreeGuidance(D, guidance_scale, negative=negative, sigma_interval=guidance_interval,
+                                   rescale=cfg_rescale)
     return D
 
 
@@ -79,9 +144,11 @@ def generate_latents(
     negative: Cond | None = None,
     guidance_scale: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
+    cfg_rescale: float = 0.0,
     num_steps: int = 25,
     sampler: str = "dpmpp_2m",
     schedule: str = "karras",
+    schedule_options: dict | None = None,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     x_init: Tensor | None = None,
@@ -95,20 +162,23 @@ def generate_latents(
     ``cond``: conditioning of the B rows; ``negative``: negative conditioning replacing the unconditional branch
     (default: the learned null, ``cond.null_all()``); guidance applies when ``guidance_scale != 1`` and ``cond``
     is given; ``guidance_interval`` ``(lo, hi)`` limits it to noise levels lo < sigma <= hi (the unconditional
-    branch is not evaluated outside).
+    branch is not evaluated outside); ``cfg_rescale``: guidance rescale phi in [0, 1] (Lin et al. 2024).
+    ``schedule``, ``schedule_options``: the sigma grid (:func:`sampling_grid`); ``sampler_options``: the sampler's
+    keyword options (checked against its signature).
     ``max_rows``: evaluate the network on at most this many rows at a time (:class:`MicroBatched`).
-    ``x_init``: a start state at ``sigma_max`` instead of fresh noise (editing).
+    ``x_init``: a start state at the grid's first sigma instead of fresh noise (editing).
     """
     gens = seed_generators(list(seeds))
-    if x_init is None:
-        x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]) * sigma_max
+    sampler_options = check_sampler_options(sampler, sampler_options or {})
+    sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max, schedule_options)
+    if x_init is None:  # the state at the grid's first noise level (not sigma_max: VP and flow grids start elsewhere)
+        x = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]) * sigmas[0]
     else:
         x = x_init.to(torch.float64)
     x = x.to(device)
     D = guided_denoiser(denoiser, cond, negative=negative, guidance_scale=guidance_scale,
-                        guidance_interval=guidance_interval, max_rows=max_rows)
-    sigmas = sampling_grid(schedule, num_steps, sigma_min, sigma_max)
+                        guidance_interval=guidance_interval, cfg_rescale=cfg_rescale, max_rows=max_rows)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,
-                 **(sampler_options or {}))
+                 **sampler_options)
     return out.float()

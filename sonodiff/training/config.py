@@ -1,7 +1,11 @@
 """Training configuration: frozen dataclasses read from TOML recipes with ``--set a.b=value`` overrides.
 
 Unknown keys and wrong types are errors that name the key and suggest the nearest valid one
-(:mod:`sonodiff.utils.config`). The resolved config is printed and saved as ``RUN_DIR/config.json``.
+(:mod:`sonodiff.utils.config`). A field that names an entry of a registry (codec, network, parameterization,
+density, weighting, conditioner, dataset layout, sampler, schedule) is a ``str`` checked against that dict when
+the config is built, never against a copied ``Literal``; the error names the field, the value and the valid
+names. The registries are imported inside the checks, so importing this module stays light. The resolved
+config is printed and saved as ``RUN_DIR/config.json``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import field as _field
 from pathlib import Path
 from typing import Literal
 
-from sonodiff.utils.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
+from sonodiff.utils.config import ConfigError, _suggest, apply_overrides, from_dict, load_toml, to_dict
 
 __all__ = [
     "DataConfig",
@@ -23,7 +27,23 @@ __all__ = [
     "DemoConfig",
     "Config",
     "load_config",
+    "sampling_defaults",
 ]
+
+
+def _check_name(field: str, value: str, table, what: str) -> None:
+    """Raise unless ``value`` is a key of the registry ``table``: name the field, the value and the valid names."""
+    if value not in table:
+        raise ValueError(f"{field}={value!r} is not a registered {what}{_suggest(value, list(table))}")
+
+
+def _check_sampler_options(field: str, sampler: str, options: dict) -> None:
+    from sonodiff.core.samplers import sampler_options
+
+    valid = sorted(sampler_options(sampler))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{field}: sampler {sampler!r} has no option(s) {unknown}; its options are {valid}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +51,7 @@ class DataConfig:
     """Where the audio is and how training examples are cut from it."""
 
     root: str = ""  # dataset folder (required)
-    layout: Literal["folder", "fsdd", "ljspeech", "esc50", "audiocaps"] = "folder"
+    layout: str = "folder"  # a key of sonodiff.data.layouts.LAYOUTS
     cache_dir: str = ""  # feature cache; default <root>/.sonodiff_cache
     split: str = "train"
     valid_split: str = "valid"  # "" = no validation loss
@@ -42,6 +62,9 @@ class DataConfig:
     max_items: int = 0  # 0 = all; >0 keeps the first N items of the split (debugging)
 
     def __post_init__(self) -> None:
+        from sonodiff.data.layouts import LAYOUTS
+
+        _check_name("data.layout", self.layout, LAYOUTS, "dataset layout")
         if self.seconds <= 0:
             raise ValueError(f"data.seconds must be > 0, got {self.seconds}")
 
@@ -50,37 +73,85 @@ class DataConfig:
 class CodecConfig:
     """The modality adapter (``sonodiff.audio.codecs.CODECS``) and its options."""
 
-    name: Literal["mel", "waveform"] = "mel"
+    name: str = "mel"  # a key of sonodiff.audio.codecs.CODECS
     options: dict = _field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from sonodiff.audio.codecs import CODECS, make_codec
+
+        _check_name("codec.name", self.name, CODECS, "codec")
+        try:
+            make_codec(self.name, **self.options)  # cheap: no statistics, no filterbank yet
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"codec.options for codec {self.name!r}: {e}") from None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Network, parameterization, training noise density and loss weighting."""
 
-    network: str = "unet"
+    network: str = "unet"  # a key of sonodiff.nn.NETWORKS
     preset: str = "tiny-2d"
     options: dict = _field(default_factory=dict)  # overrides of the preset's fields
-    param: Literal["edm", "eps", "x0", "v", "flow"] = "edm"
+    param: str = "edm"  # sonodiff.core.param.PARAMETERIZATIONS
     sigma_data: float = 1.0  # data std in diffusion space (codec-normalised data: about 1)
-    density: str = "lognormal"
-    density_options: dict = _field(default_factory=dict)
-    weighting: str = "native"
+    density: str = "lognormal"  # sonodiff.core.schedules.DENSITIES
+    density_options: dict = _field(default_factory=dict)  # the density's parameters, and shift (multiplies sigma)
+    weighting: str = "native"  # sonodiff.core.param.WEIGHTINGS
     gamma: float = 5.0
     sigma_min: float = 0.002  # sampling range for demos and the exported model
     sigma_max: float = 80.0
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from sonodiff.core.param import PARAMETERIZATIONS, WEIGHTINGS
+        from sonodiff.core.schedules import DENSITIES, sample_sigmas
+        from sonodiff.nn import NETWORKS
+
+        _check_name("model.network", self.network, NETWORKS, "network")
+        _check_name("model.param", self.param, PARAMETERIZATIONS, "parameterization")
+        _check_name("model.density", self.density, DENSITIES, "training noise density")
+        _check_name("model.weighting", self.weighting, WEIGHTINGS, "loss weighting")
+        try:  # one draw with a local generator checks the option names and values (shift included)
+            sample_sigmas(self.density, 1, generator=torch.Generator().manual_seed(0), **self.density_options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model.density_options {self.density_options} for density {self.density!r}: {e}") from None
+        if not self.gamma > 0:
+            raise ValueError(f"model.gamma must be > 0, got {self.gamma}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < model.sigma_min < model.sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
 
 @dataclass(frozen=True)
 class ConditioningConfig:
     """What the model is conditioned on."""
 
-    type: Literal["none", "class_label", "sentence", "clap_text", "clip_text", "t5"] = "none"
-    field: Literal["label", "caption", "transcript", "speaker"] = "label"
+    type: str = "none"  # "none" or a key of sonodiff.conditioning.registry.CONDITIONERS
+    # the item field that labels and texts come from: label, caption, transcript, speaker, or meta.KEY (an extra
+    # metadata column, e.g. meta.bpm for "number" conditioning); timing takes the crop's start and the item's length
+    field: str = "label"
+    fields: dict = _field(default_factory=dict)  # composed: component name -> its field (default: field)
     options: dict = _field(default_factory=dict)  # passed to the conditioner (e.g. path, labels, dim)
     dropout: float = 0.1  # classifier-free guidance dropout
 
     def __post_init__(self) -> None:
+        from sonodiff.conditioning.registry import CONDITIONERS
+        from sonodiff.data.items import KNOWN_FIELDS
+
+        _check_name("conditioning.type", self.type, {"none": None, **CONDITIONERS}, "conditioner")
+        valid = [f for f in KNOWN_FIELDS if f not in ("path", "split")]
+        for where, f in [("conditioning.field", self.field)] + [(f"conditioning.fields.{k}", v)
+                                                               for k, v in self.fields.items()]:
+            if not isinstance(f, str) or (f not in valid and not (f.startswith("meta.") and len(f) > 5)):
+                raise ValueError(f"{where}={f!r} is not an item field{_suggest(str(f), valid)} "
+                                 "(or meta.KEY for an extra metadata column)")
+        if self.fields:
+            comps = self.options.get("conditioners", {}) if self.type == "composed" else {}
+            unknown = sorted(set(self.fields) - set(comps))
+            if unknown:
+                raise ValueError(f"conditioning.fields names {unknown}, which are not components of the composed "
+                                 f"conditioner (its components: {sorted(comps)})")
         if not 0.0 <= self.dropout <= 1.0:
             raise ValueError(f"conditioning.dropout must be in [0, 1], got {self.dropout}")
 
@@ -140,10 +211,33 @@ class DemoConfig:
     prompts: tuple[str, ...] = ()  # conditioning values (labels or captions); empty = unconditional
     seed: int = 0
     steps: int = 25
-    sampler: str = "dpmpp_2m"
-    schedule: str = "karras"
+    sampler: str = "dpmpp_2m"  # a key of sonodiff.core.SAMPLERS
+    sampler_options: dict = _field(default_factory=dict)  # the sampler's keyword options, e.g. {eta = 0.5}
+    schedule: str = "karras"  # a key of sonodiff.core.SCHEDULES
+    schedule_options: dict = _field(default_factory=dict)  # the grid's options, e.g. {rho = 5} or {shift = 3}
     guidance_scale: float = 2.0
+    cfg_rescale: float = 0.0  # guidance rescale phi in [0, 1] (Lin et al. 2024)
+    # guide only at noise levels lo < sigma <= hi (Kynkaanniemi et al. 2024); unset = guide at every step
+    guidance_interval: tuple[float, float] | None = None
     seconds: float = 0.0  # 0 = data.seconds
+    max_window_seconds: float = 0.0  # longest clip the exported model generates in one pass; 0 = data.seconds
+
+    def __post_init__(self) -> None:
+        from sonodiff.core import SAMPLERS, SCHEDULES
+
+        _check_name("demo.sampler", self.sampler, SAMPLERS, "sampler")
+        _check_name("demo.schedule", self.schedule, SCHEDULES, "schedule")
+        _check_sampler_options("demo.sampler_options", self.sampler, self.sampler_options)
+        if not 0.0 <= self.cfg_rescale <= 1.0:
+            raise ValueError(f"demo.cfg_rescale (guidance rescale phi) must be in [0, 1], got {self.cfg_rescale}")
+        if self.steps < 1:
+            raise ValueError(f"demo.steps must be >= 1, got {self.steps}")
+        gi = self.guidance_interval
+        if gi is not None and not 0.0 <= gi[0] < gi[1]:
+            raise ValueError(f"demo.guidance_interval must be [lo, hi] noise levels with 0 <= lo < hi, got {list(gi)}")
+        if self.max_window_seconds < 0 or self.seconds < 0:
+            raise ValueError(f"demo.seconds and demo.max_window_seconds must be >= 0 (0 = data.seconds), got "
+                             f"{self.seconds}, {self.max_window_seconds}")
 
 
 @dataclass(frozen=True)
@@ -157,8 +251,29 @@ class Config:
     train: TrainConfig = _field(default_factory=TrainConfig)
     demo: DemoConfig = _field(default_factory=DemoConfig)
 
+    def __post_init__(self) -> None:
+        from sonodiff.core.schedules import model_sigmas
+
+        try:  # the demo grid over the model's noise range: schedule options are checked by building it
+            model_sigmas(self.demo.schedule, self.demo.steps, self.model.sigma_min, self.model.sigma_max,
+                         **self.demo.schedule_options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"demo.schedule={self.demo.schedule!r} with demo.schedule_options "
+                             f"{self.demo.schedule_options}: {e}") from None
+
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def sampling_defaults(config: dict) -> dict:
+    """The ``sampling`` section of an exported model's config.json from a run's config (``Config.to_dict()``):
+    the demo settings over the model's noise range, the defaults of :class:`sonodiff.pipelines.Pipeline`."""
+    d, m = config["demo"], config["model"]
+    return {"sampler": d["sampler"], "sampler_options": dict(d.get("sampler_options", {})),
+            "schedule": d["schedule"], "schedule_options": dict(d.get("schedule_options", {})),
+            "num_steps": d["steps"], "guidance_scale": d["guidance_scale"], "cfg_rescale": d.get("cfg_rescale", 0.0),
+            "guidance_interval": list(d["guidance_interval"]) if d.get("guidance_interval") else None,
+            "sigma_min": m["sigma_min"], "sigma_max": m["sigma_max"]}
 
 
 def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:

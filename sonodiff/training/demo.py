@@ -52,20 +52,24 @@ def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, devic
     from sonodiff.audio.codecs import load_codec
     from sonodiff.audio.io import peak_normalize, save_audio
     from sonodiff.pipelines.decode import features_to_audio
-    from sonodiff.pipelines.sampling import generate_latents
+    from sonodiff.pipelines.sampling import generate_latents, inference_values, takes_prompt
 
     codec = load_codec(Path(fdir) / "codec")
     d = cfg.demo
     prompts = list(d.prompts) if d.prompts else [None]
-    if model.conditioner is None:
+    if model.conditioner is None or not takes_prompt(model.conditioner):
         prompts = [None] * max(1, len(prompts))
     seeds = [d.seed + i for i in range(len(prompts))]
     demo_frames = frames if not d.seconds else _frames(codec, d.seconds)
     shape = tuple(_example_shape(codec)) + (demo_frames,)
-    cond = model.cond(prompts, device=device) if prompts[0] is not None else None
+    cond = None  # timing conditioners are given (0, the demo's length), prompt conditioners the prompts
+    if model.conditioner is not None and (prompts[0] is not None or not takes_prompt(model.conditioner)):
+        seconds = d.seconds or cfg.data.seconds
+        cond = model.cond([inference_values(model.conditioner, p, seconds) for p in prompts], device=device)
     model.eval()
     z = generate_latents(model.denoiser, shape, seeds, cond=cond, guidance_scale=d.guidance_scale,
-                         num_steps=d.steps, sampler=d.sampler, schedule=d.schedule,
+                         cfg_rescale=d.cfg_rescale, num_steps=d.steps, sampler=d.sampler,
+                         sampler_options=d.sampler_options, schedule=d.schedule, schedule_options=d.schedule_options,
                          sigma_min=cfg.model.sigma_min, sigma_max=cfg.model.sigma_max, device=device)
     audio = features_to_audio(codec, z.cpu())
     out = Path(run_dir) / "demos" / f"step_{step:08d}"
@@ -82,7 +86,7 @@ def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, devic
 
 
 def _frames(codec, seconds: float) -> int:
-    from sonodiff.training.build import frames_for_seconds
+    from sonodiff.models.diffusion import frames_for_seconds
 
     return frames_for_seconds(codec, seconds)
 

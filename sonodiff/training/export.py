@@ -1,18 +1,42 @@
-"""`sonodiff export RUN_DIR --out MODEL_DIR`: the inference directory of a training run (EMA weights)."""
+"""`sonodiff export RUN_DIR --out MODEL_DIR`: the inference directory of a training run (EMA weights).
+
+Everything generation reads comes from the run's config (:func:`model_sections`): a re-export of the same run
+writes the same ``config.json``, with no hand edits. Nothing machine-specific is recorded: the run directory
+and the dataset are named by their folder names, never by absolute paths.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["export_run"]
+__all__ = ["export_run", "model_sections"]
+
+
+def model_sections(config: dict, codec) -> dict[str, dict]:
+    """The ``sampling`` and ``audio`` sections of an exported model's config.json, from a run's resolved
+    config (``Config.to_dict()``) and its fitted codec: every default :class:`sonodiff.pipelines.Pipeline`
+    generates with (sampler and its options, grid and its options, steps, guidance scale, interval and rescale,
+    noise range, training length and the longest one-pass window)."""
+    from sonodiff.models.diffusion import frames_for_seconds
+    from sonodiff.training.config import sampling_defaults
+
+    seconds = config["data"]["seconds"]
+    window = config["demo"].get("max_window_seconds") or seconds
+    if window < seconds:
+        raise ValueError(f"demo.max_window_seconds={window} is shorter than the training length data.seconds={seconds}")
+    return {
+        "sampling": sampling_defaults(config),
+        "audio": {"sample_rate": codec.sample_rate, "seconds": seconds, "frames": frames_for_seconds(codec, seconds),
+                  "codec": codec.name, "vocoder": "griffin_lim" if codec.name == "mel" else "none",
+                  "max_window_seconds": window},
+    }
 
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest") -> Path:
     """Export a run's EMA weights (``checkpoint``: "latest", "best" or a folder name such as step_00001000)."""
     from sonodiff.audio.codecs import load_codec
-    from sonodiff.pipelines.model_dir import save_model_dir
-    from sonodiff.training.build import frames_for_seconds
+    from sonodiff.models.model_dir import save_model_dir
     from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
@@ -27,17 +51,13 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest")
     _, ema_state, _, meta = load_checkpoint(ckpt)
     codec = load_codec(Path(run["feature_dir"]) / "codec")
     c = run["config"]
-    seconds = c["data"]["seconds"]
     return save_model_dir(
         out,
         model_state=ema_state,
         spec=run["model"],
         codec=codec,
-        sampling={"sampler": c["demo"]["sampler"], "schedule": c["demo"]["schedule"], "num_steps": c["demo"]["steps"],
-                  "guidance_scale": c["demo"]["guidance_scale"], "sigma_min": c["model"]["sigma_min"],
-                  "sigma_max": c["model"]["sigma_max"]},
-        audio={"sample_rate": codec.sample_rate, "seconds": seconds, "frames": frames_for_seconds(codec, seconds),
-               "codec": codec.name, "vocoder": "griffin_lim" if codec.name == "mel" else "none"},
-        source={"name": c["name"], "run_dir": str(run_dir.resolve()), "checkpoint": ckpt.name, "step": meta["step"],
-                "samples": meta.get("samples"), "data_root": c["data"]["root"], "layout": c["data"]["layout"]},
+        **model_sections(c, codec),
+        source={"name": c["name"], "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
+                "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+                "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]},
     )

@@ -5,7 +5,10 @@ a checkpoint, then for each optimizer step: micro-batches -> loss -> backward ->
 EMA -> log / validate / checkpoint / demo. Multi-GPU and multi-node through torchrun (DDP); each rank
 takes a contiguous slice of the global batch, and all randomness is a function of (seed, sample
 position), so W ranks reproduce one process with the same global batch and a resumed run reproduces
-an uninterrupted one.
+an uninterrupted one. The two draws that cannot take a generator (parameter initialisation in module
+constructors, dropout inside the network) run in a scoped RNG (:func:`_rng_scope`): torch's global
+generators are forked, seeded from (seed, step, rank) and restored, so training never changes the caller's
+random state.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +25,24 @@ import torch
 import torch.distributed as dist
 
 from sonodiff.core.schedules import sample_sigmas
-from sonodiff.training.build import build_model, conditioning_values, frames_for_seconds
-from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_best, save_checkpoint
+from sonodiff.data.datasets import CachedDataset
+from sonodiff.models.diffusion import frames_for_seconds
+from sonodiff.training.build import (
+    build_model,
+    check_trainer_inputs,
+    example_values,
+    label_field,
+    needs_labels,
+)
+from sonodiff.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_best,
+    save_checkpoint,
+)
 from sonodiff.training.config import Config
-from sonodiff.training.data import FeatureSet, batch_positions, example_generator
+from sonodiff.training.data import PositionOrder, batch_positions, example_generator
 from sonodiff.training.ema import EMA
 from sonodiff.training.logging import MetricsLogger
 from sonodiff.utils.atomic import atomic_write_json
@@ -96,23 +113,52 @@ def _prepare_data(cfg: Config, rank: int, log) -> Path:
     return feature_dir(cache_dir, codec)
 
 
+@contextmanager
+def _rng_scope(seed: int, device: torch.device):
+    """Run a block with torch's global generators (the CPU's and ``device``'s) seeded to ``seed``, then restore them.
+
+    For the draws that take no generator argument: parameter initialisation inside module constructors and
+    ``nn.Dropout`` in the network. Their values stay a function of the seed (bit-exact resume, identical init on
+    every rank), and the caller's random state is left as it was.
+    """
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _step_seed(cfg: Config, step: int, rank: int) -> int:
+    return cfg.train.seed + 1_000_003 * step + 7919 * rank  # dropout inside the network at (step, rank)
+
+
 # ----------------------------------------------------------------------------------------------- batches
-def _make_batch(ds: FeatureSet, positions: range, cfg: Config, model, device):
+def _values(ds: CachedDataset, examples: list, cfg: Config, model) -> list | None:
+    """The conditioning value of each example (its field, or for timing its crop's start and length in seconds)."""
+    if model.conditioner is None:
+        return None
+    fs = ds.frame_seconds if ds.codec.sample_rate else None  # frames of an image codec have no duration
+    starts = [ex.start * fs if fs is not None else None for ex in examples]
+    return example_values(model.conditioner, [ex.meta for ex in examples], starts, cfg.conditioning.field,
+                          cfg.conditioning.fields)
+
+
+def _make_batch(ds: CachedDataset, order: PositionOrder, positions: range, cfg: Config, model, device):
     """Examples, noise levels, noise and CFG-dropout flags for global sample ``positions``."""
-    xs, masks, metas, sigmas, noises, drops = [], [], [], [], [], []
+    exs, sigmas, noises, drops = [], [], [], []
     m = cfg.model
     for p in positions:
         g = example_generator(cfg.train.seed, p)
-        ex = ds.example(ds.index_at(cfg.train.seed, p), g)
-        xs.append(ex.x0)
-        masks.append(ex.mask)
-        metas.append(ex.meta)
+        ex = ds.example(order(p), g)
+        exs.append(ex)
         sigmas.append(sample_sigmas(m.density, 1, generator=g, **m.density_options))
         noises.append(torch.randn(ex.x0.shape, generator=g))
         drops.append(bool(torch.rand(1, generator=g) < cfg.conditioning.dropout))
-    values = conditioning_values(metas, cfg.conditioning.field) if model.conditioner is not None else None
-    return (torch.stack(xs).to(device), torch.cat(sigmas).to(device), torch.stack(noises).to(device),
-            torch.stack(masks).to(device), values, torch.tensor(drops, device=device))
+    values = _values(ds, exs, cfg, model)
+    return (torch.stack([e.x0 for e in exs]).to(device), torch.cat(sigmas).to(device), torch.stack(noises).to(device),
+            torch.stack([e.mask for e in exs]).to(device), values, torch.tensor(drops, device=device))
 
 
 def _bucket(sigma: torch.Tensor) -> torch.Tensor:
@@ -130,9 +176,10 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
         return
     saved = json.loads(path.read_text())["config"]
     now = cfg.to_dict()
+    defaults = Config().to_dict()  # a key added since the run was made holds its default there
     diffs = []
     for section in _RESUME_FIXED:
-        a, b = saved.get(section, {}), now.get(section, {})
+        a, b = {**defaults.get(section, {}), **saved.get(section, {})}, now.get(section, {})
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key) and not (section == "data" and key in ("root", "cache_dir", "prepare_workers")):
                 diffs.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
@@ -154,15 +201,18 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-    torch.manual_seed(cfg.train.seed)  # parameter initialisation: identical on every rank
 
     # data and model
     fdir = _prepare_data(cfg, rank, log)
     frames = frames_for_seconds(_codec_of(fdir), cfg.data.seconds)
-    ds = FeatureSet(fdir, cfg.data.split, frames, cfg.data.crop, cfg.data.max_items, cfg.data.pad)
+    ds = CachedDataset(fdir, cfg.data.split, frames, cfg.data.crop, pad=cfg.data.pad, max_items=cfg.data.max_items,
+                       in_memory=True)
+    order = PositionOrder(len(ds), cfg.train.seed)
     valid = _valid_set(cfg, fdir, frames)
-    labels = ds.labels(cfg.conditioning.field) if cfg.conditioning.type == "class_label" else None
-    model, spec = build_model(cfg, ds.shape, labels)
+    labels = ds.labels(label_field(cfg.conditioning)) if needs_labels(cfg.conditioning) else None
+    with _rng_scope(cfg.train.seed, torch.device("cpu")):  # parameter initialisation: identical on every rank
+        model, spec = build_model(cfg, ds.shape, labels)
+    check_trainer_inputs(model.conditioner)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{len(ds)} training examples of shape {list(ds.shape)}; model {n_params / 1e6:.2f} M trainable parameters")
@@ -178,6 +228,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
 
     # resume
     step, samples, bad_run, skipped, best = 0, 0, 0, 0, math.inf
+    seconds_before = 0.0  # wall seconds of the loop in earlier sessions of this run (resumes add up)
     ckpt_root = run_dir / "checkpoints"
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
@@ -188,6 +239,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         opt.load_state_dict(ts["optimizer"])
         scaler.load_state_dict(ts["scaler"])
         step, samples, skipped, best = int(ts["step"]), int(ts["samples"]), int(ts["skipped"]), float(ts["best"])
+        seconds_before = float(ts.get("train_seconds", 0.0))  # absent in checkpoints of older runs
         log(f"resumed from {latest} at step {step}")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,25 +254,31 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     stop = _StopFlag()  # SIGTERM / SIGINT: finish the step, checkpoint it, return
     losses: list[float] = []
     acc, t_last = cfg.optim.accumulate, time.perf_counter()
+    t_start = t_last
+
+    def save(vloss):  # every checkpoint records the run's training wall time so far (learning curves use it)
+        return _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss,
+                     seconds_before + time.perf_counter() - t_start)
+
     pbar = _progress(cfg, step, is_main)
     while step < cfg.train.steps:
         for group in opt.param_groups:
             group["lr"] = cfg.optim.lr * _lr_factor(step, cfg)
-        torch.manual_seed(cfg.train.seed + 1_000_003 * step + 7919 * rank)  # dropout inside the network
         step_loss = torch.zeros((), device=device)
         bucket_sum = torch.zeros(len(SIGMA_BUCKETS) + 1, device=device)
         bucket_n = torch.zeros(len(SIGMA_BUCKETS) + 1, device=device)
-        for micro in range(acc):
-            pos = batch_positions(step, cfg.train.batch_size, micro, acc, rank, world)
-            x0, sigma, noise, mask, values, drop = _make_batch(ds, pos, cfg, model, device)
-            sync = nullcontext() if (world == 1 or micro == acc - 1) else ddp_model.no_sync()
-            with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                per_ex = fwd(x0, sigma, noise, mask, values, drop)
-            scaler.scale(per_ex.mean() / acc).backward()
-            step_loss += per_ex.detach().mean() / acc
-            b = _bucket(sigma)
-            bucket_sum.index_add_(0, b, per_ex.detach().float())
-            bucket_n.index_add_(0, b, torch.ones_like(per_ex.detach().float()))
+        with _rng_scope(_step_seed(cfg, step, rank), device):  # dropout inside the network
+            for micro in range(acc):
+                pos = batch_positions(step, cfg.train.batch_size, micro, acc, rank, world)
+                x0, sigma, noise, mask, values, drop = _make_batch(ds, order, pos, cfg, model, device)
+                sync = nullcontext() if (world == 1 or micro == acc - 1) else ddp_model.no_sync()
+                with sync, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    per_ex = fwd(x0, sigma, noise, mask, values, drop)
+                scaler.scale(per_ex.mean() / acc).backward()
+                step_loss += per_ex.detach().mean() / acc
+                b = _bucket(sigma)
+                bucket_sum.index_add_(0, b, per_ex.detach().float())
+                bucket_n.index_add_(0, b, torch.ones_like(per_ex.detach().float()))
         if world > 1:
             for t in (step_loss, bucket_sum, bucket_n):
                 dist.all_reduce(t)
@@ -235,7 +293,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             log(f"step {step}: non-finite loss ({step_loss.item()}) or grad norm ({gnorm.item()}); step skipped")
             if bad_run >= cfg.train.max_bad_steps:
                 # Skipped steps never touched the weights, so the current state is the last good one: save it.
-                path = _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, None) if is_main else None
+                path = save(None) if is_main else None
                 raise NonFiniteError(
                     f"{bad_run} consecutive non-finite steps (after step {step}); aborting. The last good state is "
                     f"saved in {path}; lower optim.lr, raise optim.warmup_steps or use precision='fp32'")
@@ -271,7 +329,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             vloss = None
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             if is_main:
-                ckpt = _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss)
+                ckpt = save(vloss)
                 if vloss is not None and vloss < best:
                     best = vloss
                     save_best(ckpt_root, ckpt, vloss)
@@ -280,7 +338,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
                 dist.barrier()
         if stop.requested(world, device):
             if is_main:
-                _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss)
+                save(vloss)
                 log(f"stopped by signal at step {step}; checkpoint saved, run the same command to resume")
             break
         if is_main and ((cfg.demo.every and step % cfg.demo.every == 0) or step == cfg.train.steps):
@@ -326,12 +384,13 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss) -> Path:
+def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss, train_seconds) -> Path:
     return save_checkpoint(
         ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
         trainer_state={"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                       "samples": samples, "skipped": skipped, "best": best},
-        meta={"samples": samples, "loss": losses[-1] if losses else None, "valid_loss": vloss})
+                       "samples": samples, "skipped": skipped, "best": best, "train_seconds": train_seconds},
+        meta={"samples": samples, "loss": losses[-1] if losses else None, "valid_loss": vloss,
+              "train_seconds": round(train_seconds, 2)})
 
 
 def _codec_of(fdir: Path):
@@ -340,17 +399,17 @@ def _codec_of(fdir: Path):
     return load_codec(fdir / "codec")
 
 
-def _valid_set(cfg: Config, fdir: Path, frames: int) -> FeatureSet | None:
+def _valid_set(cfg: Config, fdir: Path, frames: int) -> CachedDataset | None:
     if not cfg.data.valid_split or not cfg.train.valid_every:
         return None
     try:
-        return FeatureSet(fdir, cfg.data.valid_split, frames, "start", pad=cfg.data.pad)
+        return CachedDataset(fdir, cfg.data.valid_split, frames, "start", pad=cfg.data.pad, in_memory=True)
     except ValueError:
         return None  # no items in that split
 
 
 @torch.no_grad()
-def _validate(model, ds: FeatureSet, cfg: Config, device) -> float:
+def _validate(model, ds: CachedDataset, cfg: Config, device) -> float:
     """Mean loss over fixed validation examples with fixed noise (comparable across steps)."""
     model.eval()
     total, n = 0.0, 0
@@ -359,16 +418,16 @@ def _validate(model, ds: FeatureSet, cfg: Config, device) -> float:
         pos = range(b * per, min((b + 1) * per, len(ds)))
         if len(pos) == 0:
             break
-        xs, masks, metas, sig, noi = [], [], [], [], []
+        exs, sig, noi = [], [], []
         for p in pos:
             g = example_generator(cfg.train.seed, p, stream="valid")
             ex = ds.example(p, g)
-            xs.append(ex.x0), masks.append(ex.mask), metas.append(ex.meta)
+            exs.append(ex)
             sig.append(sample_sigmas(cfg.model.density, 1, generator=g, **cfg.model.density_options))
             noi.append(torch.randn(ex.x0.shape, generator=g))
-        values = conditioning_values(metas, cfg.conditioning.field) if model.conditioner is not None else None
-        loss = model(torch.stack(xs).to(device), torch.cat(sig).to(device), torch.stack(noi).to(device),
-                     torch.stack(masks).to(device), values, None)
+        values = _values(ds, exs, cfg, model)
+        loss = model(torch.stack([e.x0 for e in exs]).to(device), torch.cat(sig).to(device), torch.stack(noi).to(device),
+                     torch.stack([e.mask for e in exs]).to(device), values, None)
         total += loss.sum().item()
         n += len(pos)
     model.train()
@@ -392,11 +451,13 @@ def _dry_run(cfg: Config, ds, model, device, run_dir, log) -> TrainResult:
     """Check config and data, time a few steps, print model size and a step-time estimate; no training."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     per = cfg.train.batch_size // cfg.optim.accumulate
+    order = PositionOrder(len(ds), cfg.train.seed)
     times = []
     for i in range(3):
         t0 = time.perf_counter()
-        x0, sigma, noise, mask, values, drop = _make_batch(ds, range(i * per, (i + 1) * per), cfg, model, device)
-        model(x0, sigma, noise, mask, values, drop).mean().backward()
+        x0, sigma, noise, mask, values, drop = _make_batch(ds, order, range(i * per, (i + 1) * per), cfg, model, device)
+        with _rng_scope(_step_seed(cfg, i, 0), device):
+            model(x0, sigma, noise, mask, values, drop).mean().backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)

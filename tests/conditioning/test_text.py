@@ -123,7 +123,7 @@ def test_config_round_trip_and_errors(tiny_text_dirs):
     assert d["type"] == "clap_text" and d["path"] == tiny_text_dirs["clap_text"]
     assert type(enc.config).from_dict(d) == enc.config
     assert enc.get_tokenizer().max_length == 8
-    with pytest.raises(ValueError, match="unknown ClapTextConfig field"):
+    with pytest.raises(ValueError, match="unknown config key 'ClapTextConfig.max_len'; did you mean 'max_length'"):
         from_config({**d, "max_len": 3})
     with pytest.raises(ValueError, match="max_length"):
         from_config({**d, "max_length": "8"})

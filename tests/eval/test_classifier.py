@@ -58,3 +58,19 @@ def test_rows_markdown_formats_accuracy_with_stderr_and_missing_accuracy():
     t = rows_markdown([{"row": "a", "n": 10, "accuracy": 0.5, "accuracy_stderr": 0.158, "frechet": 1.234},
                        {"row": "b", "n": 3, "frechet": 0.0}]).splitlines()
     assert t[2] == "| a | 10 | 0.500 ± 0.158 | 1.23 |" and t[3] == "| b | 3 | - | 0.00 |" and len(t) == 4
+
+
+def test_train_classifier_is_seeded_and_leaves_the_global_rng_alone():
+    g = torch.Generator().manual_seed(3)
+    audio = 0.1 * torch.randn(12, 2000, generator=g)
+    names = ["a", "b"] * 6
+    cfg = ClassifierConfig(labels=("a", "b"), sample_rate=8000, seconds=0.25, n_mels=16, n_fft=256, hop_length=64,
+                           width=8, embed_dim=8)
+    torch.manual_seed(12345)
+    before = torch.random.get_rng_state()
+    m1 = train_classifier(audio, names, cfg, steps=2, batch_size=4, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before), "train_classifier changed the global RNG state"
+    torch.manual_seed(999)  # a different global state must not change the result: only `seed` decides
+    m2 = train_classifier(audio, names, cfg, steps=2, batch_size=4, seed=7)
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k

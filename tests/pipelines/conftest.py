@@ -7,9 +7,10 @@ def make_model_dir(path, conditioning="class_label", seed=0):
     """A tiny exported model (random U-Net weights, fitted mel codec): real files through the real loaders."""
     from sonodiff.audio.codecs import make_codec
     from sonodiff.core.denoiser import Preconditioned
+    from sonodiff.models.diffusion import DiffusionModel
+    from sonodiff.models.model_dir import save_model_dir
     from sonodiff.nn import build_network, unet_config
-    from sonodiff.pipelines.model_dir import save_model_dir
-    from sonodiff.training.build import DiffusionModel, build_conditioner
+    from sonodiff.training.build import build_conditioner
     from sonodiff.training.config import ConditioningConfig
 
     torch.manual_seed(seed)

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from sonodiff.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from sonodiff.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from sonodiff.training.ema import EMA
 
 

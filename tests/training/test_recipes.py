@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sonodiff.training.build import build_model, frames_for_seconds
+from sonodiff.models.diffusion import frames_for_seconds
+from sonodiff.training.build import build_model
 from sonodiff.training.config import load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))

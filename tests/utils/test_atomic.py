@@ -24,3 +24,41 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("writer failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_swaps_a_complete_folder_in_and_keeps_the_old_one_on_error(tmp_path):
+    from sonodiff.utils.atomic import atomic_dir, is_temp_name
+
+    target = tmp_path / "ckpt"
+    with atomic_dir(target) as d:
+        (d / "a.txt").write_text("one")
+        assert not target.exists()  # nothing visible until the block completes
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as d:
+            (d / "a.txt").write_text("two, half written")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "one"  # the old folder is untouched
+    with atomic_dir(target) as d:
+        (d / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced whole, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
+    assert is_temp_name(".tmp-ckpt-1-2") and is_temp_name(".x.json.abc.json.tmp") and not is_temp_name("x.json")
+
+
+def test_atomic_json_and_tensors_round_trip(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"b": 1, "a": "é"}, indent=1, sort_keys=True)
+    text = (tmp_path / "a.json").read_text(encoding="utf-8")
+    assert text.index('"a"') < text.index('"b"') and "é" in text and text.endswith("\n")
+    assert json.loads(text) == {"a": "é", "b": 1}
+    t = torch.arange(6.0).reshape(2, 3).T  # not contiguous
+    atomic_save_tensors(tmp_path / "w.safetensors", {"t": t}, metadata={"k": "v"}, fsync=False)
+    assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["t"], t)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -80,9 +80,6 @@ class Run:
         self.nfe = 0
 
     # ------------------------------------------------------------------ the model
-    def bcast(self, v: Tensor) -> Tensor:
-        return v.reshape((self.B,) + (1,) * (len(self.shape) - 1))
-
     def denoise(self, x: Tensor, sigma: float, i: int) -> Tensor:
         """D(x, sigma) as float64 ``[B, ...]``; raises on a wrong shape or non-finite values."""
         s = torch.full((self.B,), sigma, dtype=_F64, device=self.device)

@@ -6,9 +6,9 @@ packs, parametric sounds) with captions true by construction. See :mod:`.build` 
 :mod:`.plan` for splits, :mod:`.verify` for the quality checks. Heavy modules load lazily.
 """
 
-from sonodiff.data.corpus.sources import DOMAINS, SOURCES, detect, install_hint
+from sonodiff.data.corpus.sources import DOMAINS, SOURCES, detect, detect_items, install_hint
 
-__all__ = ["DOMAINS", "SOURCES", "BuildConfig", "build", "detect", "install_hint"]
+__all__ = ["DOMAINS", "SOURCES", "BuildConfig", "build", "detect", "detect_items", "install_hint"]
 
 
 def __getattr__(name):

@@ -29,7 +29,7 @@ def cmd_build(args) -> int:
     try:
         cfg = BuildConfig(out=args.out, preset=args.preset, seed=args.seed, domains=args.domains,
                           sample_rate=args.sample_rate, seconds=args.seconds, workers=args.workers,
-                          limit=args.limit)
+                          limit=args.limit, strict=args.strict)
         summary = build(cfg, log=lambda m: print(m, flush=True))
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     b.add_argument("--limit", type=int, default=None,
                    help="build only the first N clips of each domain of the preset (quick checks)")
+    b.add_argument("--strict", action="store_true",
+                   help="fail before rendering if any source item (voice, soundfont, sample pack, program) is "
+                        "missing, naming it and its install command (default: build with what is present)")
     b.add_argument("--verify", action="store_true",
                    help="then check it: Whisper WER per voice, basic-pitch note F1, tempo, silence/clipping")
     b.add_argument("--verify-per-voice", type=int, default=8,

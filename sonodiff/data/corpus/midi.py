@@ -41,11 +41,13 @@ GM_DRUMS: dict[str, int] = {
 @dataclass(frozen=True)
 class Part:
     """One instrument part: ``program`` (0-127, ignored for drums), ``drums`` uses channel 10,
-    ``notes`` is a tuple of ``(onset_beats, duration_beats, pitch, velocity)``."""
+    ``notes`` is a tuple of ``(onset_beats, duration_beats, pitch, velocity)``, ``reverb`` the channel's
+    reverb send (controller 91, 0-127) set at the start, or None to leave the synthesizer's default."""
 
     program: int
     notes: tuple[tuple[float, float, int, int], ...]
     drums: bool = False
+    reverb: int | None = None
 
 
 def _varlen(n: int) -> bytes:
@@ -86,6 +88,10 @@ def write_midi(parts: list[Part], tempo_bpm: float) -> bytes:
         ev: list[tuple[int, int, bytes]] = []
         if not part.drums:
             ev.append((0, 0, bytes([0xC0 | ch, part.program & 0x7F])))
+        if part.reverb is not None:
+            if not 0 <= part.reverb <= 127:
+                raise ValueError(f"reverb send must be in [0, 127], got {part.reverb}")
+            ev.append((0, 0, bytes([0xB0 | ch, 91, part.reverb])))
         for onset, dur, pitch, vel in part.notes:
             if not (0 <= pitch <= 127 and 1 <= vel <= 127 and dur > 0 and onset >= 0):
                 raise ValueError(f"bad note (onset={onset}, dur={dur}, pitch={pitch}, vel={vel})")

@@ -1,8 +1,13 @@
 """The build plan: every clip's parameters and split, drawn from one seed before anything is rendered.
 
 A plan is a list of clip specs (JSON-able dicts: ``id, domain, seed, split, combo, fields``). It depends
-only on the preset, seed, domains, clip length and which sources are present, so a build is
-reproducible and resumable: a worker renders a spec from the spec alone.
+only on the preset, seed, domains, clip length and which source items are present (the
+:class:`sources.Inventory`: voices, recorded files that passed the content rule, soundfont), so a build
+is reproducible and resumable: a worker renders a spec from the spec alone.
+
+Speech sentences have at least ``SPEECH_CHARS_PER_SECOND`` (10) characters per second of clip, so speech
+fills enough of it (the fastest voice measured, piper at rate 1.15, makes 0.038 s of sound per
+character: a 40-character sentence sounds for about 1.5 s of a 4 s clip, under the 80 % silence limit).
 
 Splits: a held-out-combinations split (``test_heldout``) takes every clip of some combinations
 (voice x sentence, instrument x tempo class, label x augmentation) whose two parts each still occur in
@@ -18,10 +23,12 @@ import numpy as np
 
 from sonodiff.data.corpus import music as M
 from sonodiff.data.corpus import sfx as S
+from sonodiff.data.corpus.sources import SOURCES, Inventory
 from sonodiff.data.corpus.speech import ENGINE_KIND, ESPEAK_PITCHES, RATES, voices
 from sonodiff.data.corpus.text import load_sentences
 
-__all__ = ["DOMAIN_SHARE", "PRESETS", "SPLITS", "assign_splits", "domain_counts", "make_plan"]
+__all__ = ["DOMAIN_SHARE", "PRESETS", "SPEECH_CHARS_PER_SECOND", "SPLITS", "assign_splits", "domain_counts",
+           "domain_sources", "make_plan"]
 
 PRESETS: dict[str, int] = {"small": 200, "medium": 5000, "large": 50000}
 DOMAIN_SHARE: dict[str, float] = {"speech": 0.35, "music": 0.35, "sfx": 0.30}
@@ -30,6 +37,8 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test", "test_heldout")
 # most natural, espeak-ng the most varied (accents, variants)
 ENGINE_SHARE: dict[str, float] = {"espeak-ng": 0.4, "flite": 0.2, "festival": 0.15, "piper": 0.25}
 HELDOUT_FRACTION, VALID_FRACTION, TEST_FRACTION = 0.08, 0.06, 0.08
+SPEECH_CHARS_PER_SECOND = 10
+_MIN_SENTENCES = 8
 
 
 def domain_counts(preset: str, domains: tuple[str, ...]) -> dict[str, int]:
@@ -40,8 +49,8 @@ def domain_counts(preset: str, domains: tuple[str, ...]) -> dict[str, int]:
     return {d: int(round(n * DOMAIN_SHARE[d])) for d in domains}
 
 
-def _speech(n: int, seconds: float, present: dict[str, bool], rng: np.random.Generator) -> tuple[list[dict], str]:
-    allv = voices(present)
+def _speech(n: int, seconds: float, inv: Inventory, rng: np.random.Generator) -> tuple[list[dict], str]:
+    allv = voices(inv.voice_names())
     # about six clips per voice, so per-voice checks and voice x sentence held-out pairs are possible;
     # half of the voices from espeak-ng's variants, half from the other engines (when present)
     k = min(len(allv), max(8, n // 6))
@@ -52,7 +61,13 @@ def _speech(n: int, seconds: float, present: dict[str, bool], rng: np.random.Gen
     pick_e = sorted(rng.choice(len(esp), min(len(esp), k - n_oth), replace=False)) if esp else []
     vs = [esp[int(i)] for i in pick_e] + [oth[int(i)] for i in pick_o]
     max_words = max(4, int(2.4 * seconds) - 1)
-    cands, text_source = load_sentences(max_words)
+    min_chars = int(np.ceil(SPEECH_CHARS_PER_SECOND * seconds))
+    cands, text_source = load_sentences(max_words, min_chars=min_chars)
+    if len(cands) < _MIN_SENTENCES:
+        raise ValueError(f"speech clips of {seconds} s need sentences of at most {max_words} words and at least "
+                         f"{min_chars} characters (so speech fills the clip); {text_source} has {len(cands)}, "
+                         f"at least {_MIN_SENTENCES} needed. Use a shorter --seconds or leave speech out "
+                         "(--domains music,sfx).")
     m = min(len(cands), max(8, n // 4))
     pool = [cands[i] for i in sorted(rng.choice(len(cands), m, replace=False))]
     engines = sorted({v.source for v in vs}, key=list(ENGINE_SHARE).index)
@@ -79,7 +94,7 @@ def _speech(n: int, seconds: float, present: dict[str, bool], rng: np.random.Gen
 
 
 def _music(n: int, present: dict[str, bool], rng: np.random.Generator) -> list[dict]:
-    cat = M.score_catalogue() if present.get("music21") else {"chorale": [], "folk": []}
+    cat = M.score_catalogue() if present["music21"] else {"chorale": [], "folk": []}
     kinds = ["melody", "melody", "arpeggio", "chords", "drums"]
     if cat["chorale"]:
         kinds += ["chorale", "folk", "chorale", "folk"]
@@ -117,13 +132,13 @@ def _music(n: int, present: dict[str, bool], rng: np.random.Generator) -> list[d
     return specs
 
 
-def _sfx(n: int, present: dict[str, bool], rng: np.random.Generator) -> list[dict]:
-    rec = S.recorded_files(present)
-    by_label: dict[str, list[tuple[str, str, str, str]]] = {}
-    for r in rec:
-        by_label.setdefault(r[2], []).append(r)
+def _sfx(n: int, seconds: float, inv: Inventory, rng: np.random.Generator) -> list[dict]:
+    by_label: dict[str, list] = {}
+    for it in inv.samples():
+        by_label.setdefault(it.label, []).append(it)
     labels = sorted(by_label)
-    kinds = (["recorded"] * 11 if labels else []) + (["gm"] * 4 if present.get("gm-effects") else []) + ["parametric"] * 5
+    kinds = (["recorded"] * 11 if labels else []) + (["gm"] * 4 if inv.present()["gm-effects"] else []) \
+        + ["parametric"] * 5
     augs = list(S.AUGMENTATIONS)
     aug_p = np.array([0.35] + [0.13] * (len(augs) - 1))
     specs = []
@@ -131,15 +146,17 @@ def _sfx(n: int, present: dict[str, bool], rng: np.random.Generator) -> list[dic
         kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "recorded":
             lab = labels[int(rng.integers(len(labels)))]
-            src, path, label, desc = by_label[lab][int(rng.integers(len(by_label[lab])))]
-            f = {"kind": "recorded", "file": path, "label": label, "description": desc}
+            it = by_label[lab][int(rng.integers(len(by_label[lab])))]
+            src = it.source
+            f = {"kind": "recorded", "file": it.name, "label": it.label, "description": it.description,
+                 "repeats": it.repeats}
         elif kind == "gm":
             prog = sorted(S.GM_EFFECTS)[int(rng.integers(len(S.GM_EFFECTS)))]
-            label, desc, _ = S.GM_EFFECTS[prog]
+            label, desc = S.GM_EFFECTS[prog][:2]
             src, f = "gm-effects", {"kind": "gm", "program": prog, "label": label, "description": desc}
         else:
             pk = S.PARAMETRIC[int(rng.integers(len(S.PARAMETRIC)))]
-            params, desc = S.draw_parametric(pk, rng)
+            params, desc = S.draw_parametric(pk, rng, seconds)
             src, f = "parametric", {"kind": "parametric", "label": pk, "params": params, "description": desc}
         aug = augs[int(rng.choice(len(augs), p=aug_p / aug_p.sum()))]
         f.update(augmentation=aug, aug_params=S.draw_augmentation(aug, rng))
@@ -194,25 +211,32 @@ def assign_splits(specs: list[dict], rng: np.random.Generator) -> None:
     assert not (held & train_keys), "a held-out combination leaked into train"
 
 
+def domain_sources(inv: Inventory, domains: tuple[str, ...]) -> dict[str, list[str]]:
+    """``{domain: [usable sources]}`` for ``domains`` (a domain with none is left out of a plan)."""
+    present = inv.present()
+    return {d: [n for n, s in SOURCES.items() if s.domain == d and present[n]] for d in domains}
+
+
 def make_plan(preset: str, seed: int, domains: tuple[str, ...], seconds: float,
-              present: dict[str, bool], domain_sources: dict[str, list[str]]) -> tuple[list[dict], dict]:
+              inv: Inventory) -> tuple[list[dict], dict]:
     """``(specs, info)``: the clip specs of a build, in render order, and plan facts for CORPUS.md.
 
-    ``domain_sources``: the present sources of each domain (a domain with none is left out).
+    Only the present items of ``inv`` are drawn from; a domain with no usable source is left out.
     """
     counts = domain_counts(preset, domains)
+    have = domain_sources(inv, domains)
     info: dict = {"counts": {}}
     specs: list[dict] = []
     for d in domains:
-        if not domain_sources.get(d):
+        if not have[d]:
             continue
         rng = np.random.default_rng([seed, ("speech", "music", "sfx").index(d)])
         if d == "speech":
-            ds, info["text_source"] = _speech(counts[d], seconds, present, rng)
+            ds, info["text_source"] = _speech(counts[d], seconds, inv, rng)
         elif d == "music":
-            ds = _music(counts[d], present, rng)
+            ds = _music(counts[d], inv.present(), rng)
         else:
-            ds = _sfx(counts[d], present, rng)
+            ds = _sfx(counts[d], seconds, inv, rng)
         assign_splits(ds, rng)
         for i, s in enumerate(ds):
             s["id"] = f"{d}-{i:06d}"

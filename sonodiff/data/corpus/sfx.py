@@ -1,16 +1,18 @@
 """Sound-effect clips: recorded Debian samples, General MIDI effects, parametric sounds, augmentation.
 
 Recorded samples get a label from their file name through :data:`LABEL_RULES` (the documented label
-set; files that match no rule are not used). Parametric sounds (sirens, sweeps, noise bursts, beeps)
+set; files that match no rule are not used) and must pass the recorded-sample rule of :mod:`.content`
+(checked by :func:`sources.detect_items` before a build); one-shots are repeated to fill the clip and
+the caption says so. Parametric sounds (sirens, sweeps, noise bursts, beeps)
 are synthesised here from their parameters, which are recorded. Augmentation parameters are drawn
 in the plan (from the build seed) and applied here, separately, as in audiotools.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +26,8 @@ __all__ = [
     "augment",
     "draw_augmentation",
     "draw_parametric",
-    "recorded_files",
+    "gm_notes",
+    "label_of",
     "render_sfx",
 ]
 
@@ -102,54 +105,50 @@ LABEL_RULES: tuple[tuple[str, str, str], ...] = (
     (r"sound-icons/percussion", "percussion", "percussion hit"),
 )
 
-# General MIDI effects programs: program -> (label, description, note pattern in beats)
-GM_EFFECTS: dict[int, tuple[str, str, tuple[tuple[float, float], ...]]] = {
-    120: ("guitar fret noise", "guitar fret noise", ((0, 0.5), (1, 0.5), (2, 0.5))),
-    121: ("breath", "breathing", ((0, 1.5), (2.5, 1.5))),
-    122: ("ocean waves", "waves on a seashore", ((0, 7.5),)),
-    123: ("bird song", "birds tweeting", ((0, 1.0), (1.5, 1.0), (3, 1.5))),
-    124: ("telephone ring", "telephone ringing", ((0, 2.0), (3, 2.0))),
-    125: ("helicopter", "helicopter flying", ((0, 7.5),)),
-    126: ("applause", "applause", ((0, 7.5),)),
-    127: ("gunshot", "gunshots", ((0, 0.5), (1.5, 0.5), (2.0, 0.5))),
+# General MIDI effects programs: program -> (label, description, note pattern (onset, duration) in beats,
+# period in beats). The pattern repeats every period until the clip ends (at 120 bpm: 2 beats a second);
+# patterns are dense enough that no effect leaves more than ~60 % of a 4 s clip silent (content.py's
+# measure; TimGM6mb, 2026-12): short effects (fret noise, bird tweets, rings, shots) sound several times.
+GM_EFFECTS: dict[int, tuple[str, str, tuple[tuple[float, float], ...], float]] = {
+    120: ("guitar fret noise", "guitar fret noise", ((0, 0.5), (0.5, 0.5), (1, 0.5), (1.5, 0.5)), 2.5),
+    121: ("breath", "breathing", ((0, 1.5), (2, 1.5)), 4.0),
+    122: ("ocean waves", "waves on a seashore", ((0, 7.5),), 8.0),
+    123: ("bird song", "birds tweeting", ((0, 0.5), (0.5, 0.5), (1.25, 0.5), (2, 1.0)), 3.0),
+    124: ("telephone ring", "telephone ringing", ((0, 0.5), (0.5, 0.5), (1, 0.5), (1.5, 0.5), (2, 0.5),
+                                                  (2.5, 0.5)), 4.0),
+    125: ("helicopter", "helicopter flying", ((0, 7.5),), 8.0),
+    126: ("applause", "applause", ((0, 7.5),), 8.0),
+    127: ("gunshot", "gunshots", ((0, 0.5), (1.5, 0.5), (2.0, 0.5)), 3.0),
 }
 
 PARAMETRIC: tuple[str, ...] = ("siren", "sweep", "noise burst", "beeps")
 AUGMENTATIONS: tuple[str, ...] = ("none", "gain", "pitch", "speed", "reverb", "noise")
 
 
-def recorded_files(present: dict[str, bool]) -> list[tuple[str, str, str, str]]:
-    """``[(source, path, label, description)]`` of labelled, readable recorded samples present, sorted."""
-    from sonodiff.data.corpus.sources import SAMPLE_DIRS
-
-    out = []
-    for src, root in SAMPLE_DIRS.items():
-        if not present.get(src):
-            continue
-        tag = "freedesktop" if src == "sound-theme-freedesktop" else src
-        for p in sorted(Path(root).rglob("*")):
-            if p.suffix.lower() not in (".wav", ".flac", ".ogg", ".oga"):
-                continue
-            key = f"{tag}/{p.relative_to(root).as_posix()}"
-            for rx, label, desc in LABEL_RULES:
-                if re.match(rx, key):
-                    if _readable(p):  # a few packaged files are malformed (lmms-common misc/hit01.ogg)
-                        out.append((src, str(p), label, desc))
-                    break
-    return out
+def label_of(source: str, relpath: str) -> tuple[str, str] | None:
+    """``(label, description)`` of the recorded file ``relpath`` (relative to its pack folder) of
+    ``source`` by the first matching :data:`LABEL_RULES` rule, or None (such files are not used)."""
+    tag = "freedesktop" if source == "sound-theme-freedesktop" else source
+    key = f"{tag}/{relpath}"
+    for rx, label, desc in LABEL_RULES:
+        if re.match(rx, key):
+            return label, desc
+    return None
 
 
-def _readable(path: Path) -> bool:
-    import soundfile as sf
+def _count(dur_s: float, seconds: float, rng: np.random.Generator) -> int:
+    # enough events to sound for content.REPEAT_FILL of the clip, few enough to leave 50 ms between them
+    from sonodiff.data.corpus.content import REPEAT_FILL
 
-    try:
-        return sf.info(str(path)).frames > 0
-    except (sf.LibsndfileError, RuntimeError):
-        return False
+    lo = math.ceil(REPEAT_FILL * seconds / dur_s - 1e-9)
+    hi = max(lo, math.floor((seconds - 0.2) / (dur_s + 0.05) + 1e-9))
+    return int(rng.integers(lo, hi + 1))
 
 
-def draw_parametric(kind: str, rng: np.random.Generator) -> tuple[dict, str]:
-    """``(params, description)`` for a parametric sound of ``kind`` (see :data:`PARAMETRIC`)."""
+def draw_parametric(kind: str, rng: np.random.Generator, seconds: float) -> tuple[dict, str]:
+    """``(params, description)`` for a parametric sound of ``kind`` (see :data:`PARAMETRIC`) in a clip of
+    ``seconds``. Bursts and beeps are counted so they sound for at least ``content.REPEAT_FILL`` (0.4) of
+    the clip (a single 0.1 s beep in 4 s would be 97 % silence)."""
     if kind == "siren":
         rate = float(rng.choice([0.3, 0.5, 2.5, 4.0]))
         p = {"center_hz": int(rng.integers(6, 11)) * 100, "depth_hz": int(rng.integers(2, 5)) * 100, "rate_hz": rate}
@@ -160,12 +159,12 @@ def draw_parametric(kind: str, rng: np.random.Generator) -> tuple[dict, str]:
         p = {"start_hz": f0 if up else f1, "end_hz": f1 if up else f0, "wave": str(rng.choice(["sine", "square"]))}
         return p, f"{'rising' if up else 'falling'} {p['wave']} tone sweep"
     if kind == "noise burst":
-        p = {"count": int(rng.integers(1, 5)), "colour": str(rng.choice(["white", "pink", "brown"])),
-             "burst_s": float(rng.choice([0.1, 0.25, 0.5]))}
+        colour, burst = str(rng.choice(["white", "pink", "brown"])), float(rng.choice([0.1, 0.25, 0.5]))
+        p = {"count": _count(burst, seconds, rng), "colour": colour, "burst_s": burst}
         return p, f"{p['count']} burst{'s' if p['count'] > 1 else ''} of {p['colour']} noise"
     if kind == "beeps":
-        p = {"count": int(rng.integers(1, 7)), "freq_hz": int(rng.choice([440, 660, 880, 1000, 1500])),
-             "beep_s": float(rng.choice([0.1, 0.2, 0.4]))}
+        freq, beep = int(rng.choice([440, 660, 880, 1000, 1500])), float(rng.choice([0.1, 0.2, 0.4]))
+        p = {"count": _count(beep, seconds, rng), "freq_hz": freq, "beep_s": beep}
         return p, f"{p['count']} beep{'s' if p['count'] > 1 else ''} at {p['freq_hz']} hertz"
     raise ValueError(f"unknown parametric sound {kind!r}; valid: {list(PARAMETRIC)}")
 
@@ -264,21 +263,40 @@ def augment(x: np.ndarray, sr: int, aug: str, p: dict, rng: np.random.Generator)
     raise ValueError(f"unknown augmentation {aug!r}; valid: {list(AUGMENTATIONS)}")
 
 
-def render_sfx(f: dict, seconds: float, sr: int, rng: np.random.Generator, soundfont: str | None) -> tuple[np.ndarray, int]:
-    """Source audio (before augmentation) for sfx fields ``f`` -> ``(audio [T], sample rate)``."""
+def gm_notes(program: int, seconds: float) -> tuple[tuple[float, float, int, int], ...]:
+    """The notes (beats at 120 bpm, middle C, velocity 100) of GM effect ``program`` in a clip of ``seconds``:
+    its pattern repeated every period, notes starting at least 0.3 s before the end."""
+    _, _, pattern, period = GM_EFFECTS[program]
+    out, k = [], 0
+    while k * period < seconds * 2 - 0.6:
+        out += [(on + k * period, d, 60, 100) for on, d in pattern if on + k * period < seconds * 2 - 0.6]
+        k += 1
+    return tuple(out)
+
+
+def render_sfx(f: dict, seconds: float, sr: int, rng: np.random.Generator,
+               soundfont: str | None) -> tuple[np.ndarray, int, dict]:
+    """Source audio (before augmentation) for sfx fields ``f`` -> ``(audio [T], sample rate, fields)``.
+
+    A recorded one-shot is repeated to fill the clip (:func:`content.repeat_to_fill`; ``repeats`` is set
+    in the returned fields and must equal the plan's, which came from the same rule at detection)."""
     kind = f["kind"]
     if kind == "recorded":
         import soundfile as sf
 
+        from sonodiff.data.corpus.content import repeat_to_fill
+
         data, fsr = sf.read(f["file"], dtype="float32", always_2d=True)
-        return data.mean(axis=1), fsr
+        audio, k = repeat_to_fill(data.mean(axis=1), fsr, seconds)
+        if k != f["repeats"]:
+            raise RuntimeError(f"{f['file']} changed since the plan was made: it now repeats {k} times, the "
+                               f"plan says {f['repeats']}; rebuild in a new folder")
+        return audio, fsr, f
     if kind == "gm":
         from sonodiff.data.corpus.music import render_midi
 
-        prog = f["program"]
-        notes = tuple((on, d, 60, 100) for on, d in GM_EFFECTS[prog][2] if on < seconds * 2 - 0.6)
-        midi = write_midi([Part(prog, notes)], 120.0)
-        return render_midi(midi, sr, soundfont), sr
+        midi = write_midi([Part(f["program"], gm_notes(f["program"], seconds))], 120.0)
+        return render_midi(midi, sr, soundfont), sr, f
     if kind == "parametric":
-        return _parametric(f["label"], f["params"], seconds, sr, rng).astype(np.float32), sr
+        return _parametric(f["label"], f["params"], seconds, sr, rng).astype(np.float32), sr, f
     raise ValueError(f"unknown sfx kind {kind!r}; valid: recorded, gm, parametric")

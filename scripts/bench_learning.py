@@ -121,7 +121,7 @@ def generate(model_dir: Path, prompts: list[str], seconds: float, batch: int, se
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         audio = pipe(chunk, duration_s=seconds, seeds=list(range(seed + i, seed + i + len(chunk))))
-        out.append(audio.reshape(len(chunk), -1).float())
+        out.append(audio.audio.reshape(len(chunk), -1).float())
     return torch.cat(out)
 
 

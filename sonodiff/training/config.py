@@ -180,7 +180,8 @@ class TrainConfig:
     batch_size: int = 16  # global batch per optimizer step (all ranks, all accumulation micro-steps)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # "auto": bf16 autocast where the hardware does bf16 natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     tf32: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU

@@ -46,6 +46,7 @@ from sonodiff.training.data import PositionOrder, batch_positions, example_gener
 from sonodiff.training.ema import EMA
 from sonodiff.training.logging import MetricsLogger
 from sonodiff.utils.atomic import atomic_write_json
+from sonodiff.utils.cpu import resolve_precision
 
 __all__ = ["train", "TrainResult", "NonFiniteError"]
 
@@ -223,8 +224,11 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay, fused=device.type == "cuda")
     ema = EMA(model, cfg.train.ema_half_life, cfg.train.ema_rampup)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    precision, why = resolve_precision(cfg.train.precision, device.type,
+                                       device.type == "cuda" and torch.cuda.is_bf16_supported())
+    log(why)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     # resume
     step, samples, bad_run, skipped, best = 0, 0, 0, 0, math.inf

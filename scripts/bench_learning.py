@@ -150,11 +150,11 @@ def plot(results: list[dict], calib: dict, path: Path) -> None:
         x = [p["train_minutes"] for p in pts]
         axes[0].plot(x, [p["accuracy"] for p in pts], marker="o", label=r["name"])
         axes[1].plot(x, [p["frechet"] for p in pts], marker="o", label=r["name"])
-    for name, c in calib.items():
-        axes[0].axhline(c["accuracy"], ls="--", lw=0.8, color="grey")
-        axes[0].annotate(name, (0, c["accuracy"]), fontsize=7, color="grey")
-        axes[1].axhline(c["frechet"], ls="--", lw=0.8, color="grey")
-        axes[1].annotate(name, (0, c["frechet"]), fontsize=7, color="grey")
+    for name, c in calib.items():  # calibration rows: dashed lines labelled at the right edge
+        for ax, key in ((axes[0], "accuracy"), (axes[1], "frechet")):
+            ax.axhline(c[key], ls="--", lw=0.8, color="grey")
+            ax.annotate(name, xy=(0.99, c[key]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                        fontsize=7, color="grey")
     axes[0].set_ylabel("in-house classifier accuracy")
     axes[1].set_ylabel("Frechet distance (classifier embedding)")
     axes[1].set_yscale("log")

@@ -114,7 +114,12 @@ class ComposedConditioner(Conditioner):
             dropout=dropout,
         )
         super().__init__(config)
-        self.components = nn.ModuleDict(dict(conditioners))
+        # trainable components are submodules (trained, averaged, checkpointed); frozen pretrained encoders are kept
+        # outside the module tree, as DiffusionModel keeps a frozen conditioner, so their weights never enter the
+        # optimizer, the EMA or a checkpoint (their configs reference the local checkpoint instead)
+        self.components = nn.ModuleDict({n: c for n, c in conditioners.items() if c.trainable})
+        self.__dict__["_frozen"] = {n: c for n, c in conditioners.items() if not c.trainable}
+        self.__dict__["_order"] = list(conditioners)
         self.how = config.how
 
         tok = [n for n in conditioners if how[n] in ("tokens", "both")]
@@ -136,6 +141,29 @@ class ComposedConditioner(Conditioner):
         self.token_names, self.pooled_names = tok, pool
 
     @property
+    def parts(self) -> dict[str, Conditioner]:
+        """Every component, trainable or frozen, in composition order."""
+        return {n: self.components[n] if n in self.components else self._frozen[n] for n in self._order}
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for c in self._frozen.values():  # .to() / .float() reach the frozen encoders too
+            c._apply(fn)
+        return self
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        for c in self._frozen.values():  # an EMA copy shares the frozen encoders instead of copying them
+            memo[id(c)] = c
+        cls = self.__class__
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
+
+    @property
     def trainable(self) -> bool:
         return True  # the projections learn; components keep their own freezing
 
@@ -148,17 +176,17 @@ class ComposedConditioner(Conditioner):
         return self._pooled_dim
 
     def get_tokenizer(self) -> ComposedTokenizer:
-        return ComposedTokenizer({n: c.get_tokenizer() for n, c in self.components.items()})
+        return ComposedTokenizer({n: c.get_tokenizer() for n, c in self.parts.items()})
 
     def tokenize(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
-        inputs = per_component(inputs, self.components)
-        if not isinstance(inputs, Mapping) or set(inputs) != set(self.components):
+        inputs = per_component(inputs, self._order)
+        if not isinstance(inputs, Mapping) or set(inputs) != set(self._order):
             given = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
-            raise ValueError(f"a composed conditioner tokenizes a mapping with keys {sorted(self.components)}, got {given}")
-        return {n: c.tokenize(inputs[n]) for n, c in self.components.items()}
+            raise ValueError(f"a composed conditioner tokenizes a mapping with keys {sorted(self._order)}, got {given}")
+        return {n: c.tokenize(inputs[n]) for n, c in self.parts.items()}
 
     def weights(self) -> dict[str, Tensor]:
-        out = {f"components.{n}.{k}": v for n, c in self.components.items() for k, v in c.weights().items()}
+        out = {f"components.{n}.{k}": v for n, c in self.parts.items() for k, v in c.weights().items()}
         for k, v in self.state_dict().items():
             if k.startswith(("token_proj.", "pooled_proj.")):
                 out[k] = v.detach()
@@ -167,16 +195,16 @@ class ComposedConditioner(Conditioner):
     def forward(self, batch: Mapping[str, Mapping[str, Tensor]], *, drop: bool = False,
                 generator: torch.Generator | None = None) -> Cond:
         """``{name: component batch}`` -> ``Cond(tokens [B, L, token_dim], mask [B, L], pooled [B, pooled_dim])``."""
-        if set(batch) != set(self.components):
-            raise ValueError(f"batch keys {sorted(batch)} != components {sorted(self.components)}")
-        parts = {n: c(batch[n]) for n, c in self.components.items()}
+        if set(batch) != set(self._order):
+            raise ValueError(f"batch keys {sorted(batch)} != components {sorted(self._order)}")
+        parts = {n: c(batch[n]) for n, c in self.parts.items()}
         sizes = {n: p.batch_size for n, p in parts.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"components disagree on the batch size: {sizes}")
         b = next(iter(sizes.values()))
         dev = self.device
         keep = {}
-        for n, c in self.components.items():
+        for n, c in self.parts.items():
             p = c.config.dropout
             keep[n] = ~draw_drop_mask(b, p, generator, dev) if (drop and p > 0) else None
 

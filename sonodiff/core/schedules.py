@@ -161,34 +161,24 @@ def _vp_grid(num_steps: int, alphas_cumprod: Tensor, spacing: str, steps_offset:
     return _append_zero(train_sigmas[t])
 
 
-def linspace_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
-                    beta_schedule: str | None = None, num_train_timesteps: int | None = None,
-                    beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
-    """Sigmas of a discrete VP model at ``linspace`` timesteps (see :func:`vp_timesteps`), then 0.
+def _vp_spacing(spacing: str):
+    """The sampling grid of a discrete VP model at ``spacing`` timesteps (one function per spacing)."""
 
-    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
-    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
-    return _vp_grid(num_steps, abar, "linspace", steps_offset)
+    def grid(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
+             beta_schedule: str | None = None, num_train_timesteps: int | None = None,
+             beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
+        abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
+        return _vp_grid(num_steps, abar, spacing, steps_offset)
 
-
-def leading_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
-                   beta_schedule: str | None = None, num_train_timesteps: int | None = None,
-                   beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
-    """Sigmas of a discrete VP model at ``leading`` timesteps (see :func:`vp_timesteps`), then 0.
-
-    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
-    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
-    return _vp_grid(num_steps, abar, "leading", steps_offset)
+    grid.__name__ = grid.__qualname__ = f"{spacing}_sigmas"
+    grid.__doc__ = (f"Sigmas of a discrete VP model at ``{spacing}`` timesteps (see :func:`vp_timesteps`), then 0.\n\n"
+                    "    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`).")
+    return grid
 
 
-def trailing_sigmas(num_steps: int, alphas_cumprod: Tensor | None = None, steps_offset: int = 0, *,
-                    beta_schedule: str | None = None, num_train_timesteps: int | None = None,
-                    beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
-    """Sigmas of a discrete VP model at ``trailing`` timesteps (see :func:`vp_timesteps`), then 0.
-
-    The model's schedule is ``alphas_cumprod`` or a named beta schedule (:func:`vp_schedule`)."""
-    abar = vp_schedule(alphas_cumprod, beta_schedule, num_train_timesteps, beta_start, beta_end)
-    return _vp_grid(num_steps, abar, "trailing", steps_offset)
+linspace_sigmas = _vp_spacing("linspace")
+leading_sigmas = _vp_spacing("leading")
+trailing_sigmas = _vp_spacing("trailing")
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0, t_max: float = 1.0 - 1e-4) -> Tensor:

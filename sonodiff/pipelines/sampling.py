@@ -48,7 +48,7 @@ def takes_prompt(conditioner) -> bool:
     """Whether ``conditioner`` (or one of its components) is given the user's prompt."""
     kind = conditioning_input(conditioner)
     if kind == "components":
-        return any(takes_prompt(c) for c in conditioner.components.values())
+        return any(takes_prompt(c) for c in conditioner.parts.values())
     return kind == "prompt"
 
 
@@ -58,7 +58,7 @@ def inference_values(conditioner, prompt, duration_s: float, start_s: float = 0.
     of, the whole output), a dict of these for a composed conditioner."""
     kind = conditioning_input(conditioner)
     if kind == "components":
-        return {n: inference_values(c, prompt, duration_s, start_s) for n, c in conditioner.components.items()}
+        return {n: inference_values(c, prompt, duration_s, start_s) for n, c in conditioner.parts.items()}
     if kind == "timing":
         return {"seconds_start": float(start_s), "seconds_total": float(duration_s)}
     if kind == "audio":

@@ -41,7 +41,7 @@ def example_values(conditioner, entries: list[dict], starts_s: list[float | None
     kind = conditioning_input(conditioner)
     if kind == "components":
         fields = fields or {}
-        per = {n: example_values(c, entries, starts_s, fields.get(n, field)) for n, c in conditioner.components.items()}
+        per = {n: example_values(c, entries, starts_s, fields.get(n, field)) for n, c in conditioner.parts.items()}
         return [{n: per[n][i] for n in per} for i in range(len(entries))]
     if kind == "timing":
         if any(s is None for s in starts_s):
@@ -64,7 +64,7 @@ def check_trainer_inputs(conditioner) -> None:
         return
     kind = conditioning_input(conditioner)
     if kind == "components":
-        for c in conditioner.components.values():
+        for c in conditioner.parts.values():
             check_trainer_inputs(c)
     elif kind == "audio":
         raise ValueError(_NO_AUDIO_INPUT.format(name=conditioner.name))

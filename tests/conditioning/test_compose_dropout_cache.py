@@ -176,3 +176,26 @@ def test_encode_cached_matches_direct_and_reuses_files(tiny_text_dirs, tmp_path,
     tr = from_config({"type": "t5", "path": tiny_text_dirs["t5"], "trainable": True})
     with pytest.raises(ValueError, match="frozen"):
         encode_cached(tr, texts, tmp_path)
+
+
+def test_frozen_components_stay_out_of_the_module_tree(tiny_text_dirs):
+    """A frozen encoder inside a composition is never trained, averaged or checkpointed (T5's tied weights used to
+    break checkpoint saving), yet moves with .to() and is shared, not copied, by an EMA deepcopy."""
+    import copy
+
+    t5 = from_config({"type": "t5", "path": tiny_text_dirs["t5"]})
+    assert not t5.trainable
+    timing = TimingConditioner(TimingConfig(max_seconds=30.0, dim=8))
+    comp = ComposedConditioner({"text": t5, "timing": timing})
+    assert list(comp.parts) == ["text", "timing"] and set(comp.components) == {"timing"}
+    keys = set(comp.state_dict())
+    assert keys and not any(k.startswith("components.text") for k in keys)
+    assert not any(p is q for p in comp.parameters() for q in t5.parameters())
+    twin = copy.deepcopy(comp)
+    assert twin.parts["text"] is t5 and twin.parts["timing"] is not timing
+    comp.to(torch.float64)
+    assert next(t5.parameters()).dtype == torch.float64  # the frozen encoder moved along
+    comp.to(torch.float32)
+    inputs = {"text": TEXTS, "timing": [{"seconds_start": 0.0, "seconds_total": 10.0}] * 3}
+    torch.testing.assert_close(comp(comp.tokenize(inputs)).tokens, twin(twin.tokenize(inputs)).tokens)
+    assert set(comp.weights()) == {k for k in keys}  # nothing of the frozen encoder is saved

@@ -3,7 +3,9 @@
 Each variant (``--variant NAME:key=value,key=value``, overrides on top of ``--recipe``) is trained by
 ``sonodiff train`` in its own process, alone on the machine (variants run one after another, never side by
 side), with a checkpoint every ``--eval-every`` steps kept. The run stops at ``--steps`` or, if sooner, after
-``--minutes`` of wall time (SIGTERM: the trainer checkpoints and exits). Then every kept checkpoint is exported
+``--minutes`` of wall time (SIGTERM: the trainer checkpoints and exits). The budget counts the process's whole
+life, feature-cache preparation included (a variant with a new codec setting pays for its cache); the curves'
+x-axis is the trainer's own loop time (``train_seconds`` in each checkpoint), which does not include it. Then every kept checkpoint is exported
 (EMA weights), ``--per-class`` clips per class are generated at the model's default sampling settings, and
 they are scored by the in-house classifier (``sonodiff.eval``), trained once on real held-out audio that no
 variant trains on:
@@ -91,7 +93,8 @@ def held_out(args, sr: int, seconds: float):
         rows = [json.loads(x) for x in (Path(args.corpus) / "metadata.jsonl").read_text().splitlines() if x.strip()]
         rows = sorted((r for r in rows if r["domain"] == args.domain), key=lambda r: r["id"])
         ref = [r for r in rows if r["split"] in ("test", "test_heldout")]
-        train = [r for r in rows if r["split"] == "train"][: len(ref)]
+        known = {r["label"] for r in ref}  # the classifier knows only the held-out clips' labels
+        train = [r for r in rows if r["split"] == "train" and r["label"] in known][: len(ref)]
         load = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in ref]
         tr = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in train]
         gen = [(r["caption"], r["label"]) for r in ref if r["split"] == "test_heldout"][: args.max_prompts]
@@ -197,7 +200,7 @@ def main() -> None:
     from sonodiff.eval.classifier import ClassifierConfig, evaluate_audio, train_classifier
     from sonodiff.training.export import export_run
 
-    results, classifier, calib = [], None, {}
+    results, classifier, calib, scored_at = [], None, {}, None
     for name, sets in variants:
         run_dir = out / name
         info = train_variant(args.recipe, [root_set, *sets], run_dir, args.steps, args.eval_every, args.minutes,
@@ -209,7 +212,11 @@ def main() -> None:
             exp = export_run(run_dir, out / "exports" / f"{name}-{ck.name}", checkpoint=ck.name)
             cfg = json.loads((exp / "config.json").read_text())
             sr, seconds = cfg["audio"]["sample_rate"], cfg["audio"]["seconds"]
+            if classifier is not None and (sr, seconds) != scored_at:
+                raise SystemExit(f"variant {name} generates {seconds} s at {sr} Hz but the classifier scores "
+                                 f"{scored_at[1]} s at {scored_at[0]} Hz: compare variants of one rate and length")
             if classifier is None:  # one classifier for every variant and point (same rate and length)
+                scored_at = (sr, seconds)
                 ref_audio, ref_labels, gen_spec, train_audio, train_labels = held_out(args, sr, seconds)
                 labels = tuple(sorted(set(ref_labels)))
                 classifier = train_classifier(ref_audio, ref_labels, ClassifierConfig(labels=labels, sample_rate=sr,

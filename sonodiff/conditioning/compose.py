@@ -114,11 +114,13 @@ class ComposedConditioner(Conditioner):
             dropout=dropout,
         )
         super().__init__(config)
-        # trainable components are submodules (trained, averaged, checkpointed); frozen pretrained encoders are kept
-        # outside the module tree, as DiffusionModel keeps a frozen conditioner, so their weights never enter the
-        # optimizer, the EMA or a checkpoint (their configs reference the local checkpoint instead)
-        self.components = nn.ModuleDict({n: c for n, c in conditioners.items() if c.trainable})
-        self.__dict__["_frozen"] = {n: c for n, c in conditioners.items() if not c.trainable}
+        # frozen pretrained encoders (not trainable, and nothing to save: their config references the local
+        # checkpoint) are kept outside the module tree, as DiffusionModel keeps a frozen conditioner, so their
+        # weights never enter the optimizer, the EMA or a checkpoint; every other component is a submodule, so its
+        # weights (trained, or a frozen random table) are saved and loaded with the model
+        frozen = {n for n, c in conditioners.items() if not c.trainable and not c.weights()}
+        self.components = nn.ModuleDict({n: c for n, c in conditioners.items() if n not in frozen})
+        self.__dict__["_frozen"] = {n: c for n, c in conditioners.items() if n in frozen}
         self.__dict__["_order"] = list(conditioners)
         self.how = config.how
 
@@ -144,6 +146,14 @@ class ComposedConditioner(Conditioner):
     def parts(self) -> dict[str, Conditioner]:
         """Every component, trainable or frozen, in composition order."""
         return {n: self.components[n] if n in self.components else self._frozen[n] for n in self._order}
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the first parameter or buffer, the frozen encoders' included (CPU if there is none)."""
+        for c in (self, *self._frozen.values()):
+            for t in (*c.parameters(), *c.buffers()):
+                return t.device
+        return torch.device("cpu")
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

@@ -48,7 +48,7 @@ from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
 __all__ = ["FORMAT_VERSION", "BadDataError", "PrepareReport", "feature_dir", "file_hash", "prepare"]
 
 FORMAT_VERSION = 2  # 2: statistics on the training split's active frames only
-FIT_SPLIT = "train"  # the split codec statistics are fitted on
+FIT_SPLIT = "train"  # the split codec statistics are fitted on by default
 INDEX = "index.json"
 
 
@@ -226,12 +226,14 @@ def prepare(
     rehash: bool = False,
     durable: bool = False,
     log: Callable[[str], None] | None = None,
+    fit_split: str = FIT_SPLIT,
 ) -> PrepareReport:
     """Bring the feature cache of dataset ``root`` (read with ``layout``) up to date for ``codec``.
 
     ``codec`` must be an audio codec (it has a ``sample_rate``); its statistics are (re)fitted on the good
-    items of the ``train`` split (their active frames: see :meth:`Codec.stat_terms`) and saved to
-    ``<feature dir>/codec``. Bad entries are skipped and listed in the report;
+    items of split ``fit_split`` (default ``train``; their active frames: see :meth:`Codec.stat_terms`) and
+    saved to ``<feature dir>/codec``; a dataset without that split is fitted on all its items, and the log and
+    ``index.json`` (``stats_fitted_on``) say so. Bad entries are skipped and listed in the report;
     with ``strict=True`` they raise :class:`BadDataError` instead (the index is then not updated).
     ``workers``: processes for decoding and analysis (small batches of work run in-process).
     ``durable``: flush every new file to disk before the index (see the module docstring).
@@ -255,7 +257,7 @@ def prepare(
     gc.disable()  # the index is ~10^5 small objects; cyclic GC passes over them cost more than the rest
     try:
         return _prepare_locked(root, codec, fdir, layout, layout_options or {}, workers, strict, check, quality,
-                               rehash, durable, log or (lambda s: None), t0)
+                               rehash, durable, log or (lambda s: None), t0, fit_split)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -263,7 +265,7 @@ def prepare(
 
 
 def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, check, quality, rehash, durable,
-                    log, t0):
+                    log, t0, fit_split):
     _clean_tmp(fdir)
     scan_ns = time.time_ns()
     scanned = scan(root, layout, **layout_options)
@@ -380,11 +382,14 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
         os.sync()
     # statistics from the training split only (valid/test items must not shape the normalisation they are
     # scored in); each content hash counts once, as before
-    fit_hashes = list(dict.fromkeys(e["hash"] for e in new_items.values() if e["split"] == FIT_SPLIT))
+    fit_hashes = list(dict.fromkeys(e["hash"] for e in new_items.values() if e["split"] == fit_split))
+    fitted_on = {"split": fit_split, "items": len(fit_hashes)}
     if not fit_hashes:
         splits = sorted({e["split"] for e in new_items.values()})
-        raise ValueError(f"no usable item of split {FIT_SPLIT!r} in {root} to fit the codec statistics on; "
-                         f"splits present: {splits}. Give the dataset a training split (metadata 'split' column)")
+        fit_hashes = list(dict.fromkeys(e["hash"] for e in new_items.values()))
+        fitted_on = {"split": None, "items": len(fit_hashes)}
+        log(f"codec statistics: no item of split {fit_split!r} (splits present: {splits}); fitted on all "
+            f"{len(fit_hashes)} items instead")
     totals: dict[str, torch.Tensor] = {}
     for h in fit_hashes:
         for k, v in terms[h].items():
@@ -395,7 +400,8 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
     _save_terms(fdir, terms)
     _write_json(fdir / INDEX, {"format_version": FORMAT_VERSION, "root": str(root.resolve()),
                                "layout": scanned.layout, "codec": codec.name, "items": new_items,
-                               "bad_files": bad_files, "scanned_at_ns": scan_ns}, indent=None)
+                               "bad_files": bad_files, "scanned_at_ns": scan_ns, "stats_fitted_on": fitted_on},
+                indent=None)
     keep = {e["hash"] for e in new_items.values()} | {b["hash"] for b in bad_files}
     old_keep = {e["hash"] for e in old_items.values()} | {b["hash"] for b in old.get("bad_files", [])}
     if tasks or keep != old_keep:

@@ -173,11 +173,13 @@ class CachedDataset(_Segmenting):
             appends the codec's encoding of digital silence with mask 1 (a generator learns to end the sound).
         max_items: keep only the first N items (sorted by key) when > 0.
         in_memory: normalise every item once and keep it in memory (training), instead of reading per access.
+        codec: normalise with this fitted codec instead of the cache's own (a training run keeps the codec it
+            started with, so a later refit of the shared cache never changes what a resumed run sees).
     """
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, segment: int | None = None,
                  crop: Crop = "random", seed: int = 0, *, pad: str = "mask", max_items: int = 0,
-                 in_memory: bool = False) -> None:
+                 in_memory: bool = False, codec=None) -> None:
         super().__init__(segment, crop, seed)
         if pad not in PADS:
             raise ValueError(f"pad must be one of {list(PADS)}, got {pad!r}")
@@ -191,7 +193,7 @@ class CachedDataset(_Segmenting):
                              "pass one of them")
         self.dir = dirs[0]
         index = json.loads((self.dir / "index.json").read_text())
-        self.codec = load_codec(self.dir / "codec")
+        self.codec = codec if codec is not None else load_codec(self.dir / "codec")
         entries = [e for _, e in sorted(index["items"].items()) if split is None or e["split"] == split]
         if max_items > 0:
             entries = entries[:max_items]

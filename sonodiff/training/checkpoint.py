@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sonodiff.utils.atomic import atomic_dir, atomic_write_text, is_temp_name
+from sonodiff.utils.atomic import atomic_dir, atomic_write_text, recover_dir
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "save_best"]
 
@@ -94,9 +94,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
     root = Path(ckpt_root)
     if not root.is_dir():
         return
-    for p in root.iterdir():
-        if p.is_dir() and is_temp_name(p.name):
-            shutil.rmtree(p, ignore_errors=True)
+    recover_dir(root)  # a killed save leaves at most an .old-* copy of a folder: put it back, drop the rest
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     latest = latest_checkpoint(root)

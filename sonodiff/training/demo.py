@@ -48,13 +48,11 @@ def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "
 
 
 @torch.no_grad()
-def write_demos(model, cfg, fdir, frames: int, step: int, run_dir, logger, device) -> list[Path]:
-    from sonodiff.audio.codecs import load_codec
+def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, device) -> list[Path]:
     from sonodiff.audio.io import peak_normalize, save_audio
     from sonodiff.pipelines.decode import features_to_audio
     from sonodiff.pipelines.sampling import generate_latents, inference_values, takes_prompt
 
-    codec = load_codec(Path(fdir) / "codec")
     d = cfg.demo
     prompts = list(d.prompts) if d.prompts else [None]
     if model.conditioner is None or not takes_prompt(model.conditioner):

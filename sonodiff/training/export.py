@@ -49,7 +49,9 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest")
     if ckpt is None or not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"no complete checkpoint {checkpoint!r} in {root}")
     _, ema_state, _, meta = load_checkpoint(ckpt)
-    codec = load_codec(Path(run["feature_dir"]) / "codec")
+    # the run's own fitted codec (runs started before runs kept one: the feature cache's, as they were trained)
+    codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
+                       else Path(run["feature_dir"]) / "codec")
     c = run["config"]
     return save_model_dir(
         out,

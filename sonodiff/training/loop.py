@@ -105,7 +105,7 @@ def _prepare_data(cfg: Config, rank: int, log) -> Path:
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".sonodiff_cache"
     if rank == 0:
         report = prepare(cfg.data.root, codec, cache_dir=cache_dir, layout=cfg.data.layout,
-                         workers=cfg.data.prepare_workers, log=log)
+                         workers=cfg.data.prepare_workers, log=log, fit_split=cfg.data.split)
         log(f"feature cache: {report.summary()}")
         if report.bad:
             log(f"{len(report.bad)} bad entries skipped (listed in {report.cache_dir}/report.json)")
@@ -205,11 +205,12 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
 
     # data and model
     fdir = _prepare_data(cfg, rank, log)
-    frames = frames_for_seconds(_codec_of(fdir), cfg.data.seconds)
+    codec = _run_codec(run_dir, fdir, log)
+    frames = frames_for_seconds(codec, cfg.data.seconds)
     ds = CachedDataset(fdir, cfg.data.split, frames, cfg.data.crop, pad=cfg.data.pad, max_items=cfg.data.max_items,
-                       in_memory=True)
+                       in_memory=True, codec=codec)
     order = PositionOrder(len(ds), cfg.train.seed)
-    valid = _valid_set(cfg, fdir, frames)
+    valid = _valid_set(cfg, fdir, frames, codec)
     labels = ds.labels(label_field(cfg.conditioning)) if needs_labels(cfg.conditioning) else None
     with _rng_scope(cfg.train.seed, torch.device("cpu")):  # parameter initialisation: identical on every rank
         model, spec = build_model(cfg, ds.shape, labels)
@@ -248,6 +249,8 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {"config": cfg.to_dict(), "model": spec, "feature_dir": str(fdir)})
+        if not (run_dir / "codec" / "config.json").is_file():
+            codec.save(run_dir / "codec")  # the statistics this run normalises with, for resume, demos and export
     logger = MetricsLogger(run_dir, enabled=is_main, tensorboard=cfg.train.tensorboard)
 
     ddp_model = model
@@ -348,7 +351,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         if is_main and ((cfg.demo.every and step % cfg.demo.every == 0) or step == cfg.train.steps):
             from sonodiff.training.demo import write_demos
 
-            write_demos(ema.model, cfg, fdir, frames, step, run_dir, logger, device)
+            write_demos(ema.model, cfg, codec, frames, step, run_dir, logger, device)
     stop.restore()
     if pbar is not None:
         pbar.close()
@@ -397,17 +400,30 @@ def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, loss
               "train_seconds": round(train_seconds, 2)})
 
 
-def _codec_of(fdir: Path):
+def _run_codec(run_dir: Path, fdir: Path, log):
+    """The fitted codec of this run: ``RUN_DIR/codec`` when the run has one (it keeps the statistics it started
+    with, whatever happens to the shared cache later), else the cache's (saved into the run when it starts)."""
     from sonodiff.audio.codecs import load_codec
 
-    return load_codec(fdir / "codec")
+    cache_codec = load_codec(fdir / "codec")
+    if not (run_dir / "codec" / "config.json").is_file():
+        return cache_codec
+    own = load_codec(run_dir / "codec")
+    if own.config_dict() != cache_codec.config_dict():
+        raise ValueError(f"{run_dir}/codec is a {own.config_dict()} codec but the feature cache {fdir} holds "
+                         f"{cache_codec.config_dict()}: the run's codec settings changed; use a new run directory")
+    if any(not torch.equal(a, b) for a, b in zip(own.stats().values(), cache_codec.stats().values())):
+        log(f"the feature cache {fdir} was refitted since this run started (data or split changed); the run keeps "
+            f"normalising with its own statistics ({run_dir}/codec)")
+    return own
 
 
-def _valid_set(cfg: Config, fdir: Path, frames: int) -> CachedDataset | None:
+def _valid_set(cfg: Config, fdir: Path, frames: int, codec) -> CachedDataset | None:
     if not cfg.data.valid_split or not cfg.train.valid_every:
         return None
     try:
-        return CachedDataset(fdir, cfg.data.valid_split, frames, "start", pad=cfg.data.pad, in_memory=True)
+        return CachedDataset(fdir, cfg.data.valid_split, frames, "start", pad=cfg.data.pad, in_memory=True,
+                             codec=codec)
     except ValueError:
         return None  # no items in that split
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_dir", "atomic_path", "atomic_save_tensors", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "fsync_dir", "fsync_tree", "is_temp_name"]
+           "atomic_write_text", "fsync_dir", "fsync_tree", "is_temp_name", "recover_dir"]
 
 # every temporary name this module makes starts with "." and ends with TEMP_SUFFIX (files) or starts with
 # ".tmp-" (folders), so a cleaner can tell a killed writer's leftovers from real files (:func:`is_temp_name`)
@@ -92,9 +92,9 @@ def fsync_tree(path: str | Path) -> None:
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``target``; on success swap it in as ``target``.
 
-    An existing ``target`` is renamed aside, the new folder renamed into place and the old one deleted, so
-    ``target`` is at every moment either absent, the complete old folder or the complete new one (a cleaner
-    removes ``.tmp-*`` / ``.old-*`` leftovers of a killed writer). On error the temporary folder is deleted.
+    An existing ``target`` is renamed aside (``.old-*``), the new folder renamed into place and the old one
+    deleted. A writer killed between the two renames leaves only ``.old-*``: :func:`recover_dir` puts it back, so
+    the complete old folder is never lost. On error the old folder is put back and the temporary one deleted.
     """
     import shutil
     import time
@@ -102,21 +102,39 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
+    old = target.parent / f".old-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
         yield tmp
         fsync_tree(tmp)
         if target.exists():
-            old = target.parent / f".old-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
             target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
+        tmp.rename(target)
         fsync_dir(target.parent)
     except BaseException:
+        if old.exists() and not target.exists():  # failed between the two renames: put the old folder back
+            old.rename(target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)  # the new folder is in place; the old one is only garbage now
+
+
+def recover_dir(parent: str | Path) -> None:
+    """Clean up after killed :func:`atomic_dir` writers in ``parent``: an ``.old-NAME-*`` folder whose ``NAME`` is
+    missing is renamed back to ``NAME`` (it is the last complete copy); other ``.tmp-*`` / ``.old-*`` folders go."""
+    import re
+    import shutil
+
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for p in sorted(parent.iterdir()):
+        m = re.match(r"^\.old-(.+)-\d+-\d+$", p.name)
+        if m and p.is_dir() and not (parent / m.group(1)).exists():
+            p.rename(parent / m.group(1))
+    for p in parent.iterdir():
+        if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def atomic_write_bytes(target: str | Path, data: bytes, fsync: bool = True) -> None:

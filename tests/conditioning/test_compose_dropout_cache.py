@@ -199,3 +199,15 @@ def test_frozen_components_stay_out_of_the_module_tree(tiny_text_dirs):
     inputs = {"text": TEXTS, "timing": [{"seconds_start": 0.0, "seconds_total": 10.0}] * 3}
     torch.testing.assert_close(comp(comp.tokenize(inputs)).tokens, twin(twin.tokenize(inputs)).tokens)
     assert set(comp.weights()) == {k for k in keys}  # nothing of the frozen encoder is saved
+
+
+def test_a_frozen_component_with_its_own_tensors_is_saved_with_the_model():
+    """trainable=False on a timing/number conditioner freezes a random table: it must still be in the module tree
+    (checkpointed, exported) and round-trip through weights()/load_weights, unlike a pretrained encoder."""
+    t_cfg = TimingConfig(max_seconds=30.0, dim=8, trainable=False)
+    a = ComposedConditioner({"t": TimingConditioner(t_cfg), "n": NumberConditioner(NumberConfig(dim=4))})
+    b = ComposedConditioner({"t": TimingConditioner(t_cfg), "n": NumberConditioner(NumberConfig(dim=4))})
+    assert set(a.components) == {"t", "n"} and any(k.startswith("components.t.") for k in a.state_dict())
+    b.load_weights(a.weights())
+    x = {"t": [{"seconds_start": 1.0, "seconds_total": 9.0}], "n": [0.3]}
+    torch.testing.assert_close(a(a.tokenize(x)).pooled, b(b.tokenize(x)).pooled)

@@ -219,3 +219,16 @@ def test_unreadable_file_is_reported_not_fatal(tmp_path, make_tone, monkeypatch)
     r = prepare(root, make_codec("mel", n_mels=16), workers=1)
     assert r.total == 2 and [(b["path"], b["reason"]) for b in r.bad] == [("d0/clip000.wav", "unreadable")]
     assert "Permission denied" in r.bad[0]["detail"]
+
+
+def test_statistics_fall_back_to_all_items_without_the_fit_split(tmp_path, make_tone):
+    root = make_dataset(tmp_path / "ds", make_tone, n=6)
+    logs = []
+    r = prepare(root, make_codec("mel", n_mels=16, sample_rate=16000), workers=1, fit_split="nonexistent",
+                log=logs.append)
+    index = json.loads((Path(r.cache_dir) / "index.json").read_text())
+    assert index["stats_fitted_on"] == {"split": None, "items": 6}
+    assert any("no item of split 'nonexistent'" in m and "fitted on all 6 items" in m for m in logs)
+    r = prepare(root, make_codec("mel", n_mels=16, sample_rate=16000), workers=1)
+    index = json.loads((Path(r.cache_dir) / "index.json").read_text())
+    assert index["stats_fitted_on"]["split"] == "train" and index["stats_fitted_on"]["items"] > 0

@@ -95,3 +95,38 @@ def test_output_sidecars_hold_no_absolute_path(tmp_path):
     assert r.returncode == 0, r.stderr
     side = json.loads((tmp_path / "seven.json").read_text())
     assert side["model"] == "fsdd_digits_mel" and not _absolute_paths(side), side
+
+
+def test_a_run_keeps_its_own_codec_when_the_shared_cache_is_refitted(tones_dir, tmp_path):
+    """The run saves the statistics it trains with; a later refit of the shared feature cache (data added, another
+    split) changes neither what the resumed run normalises with nor what it exports."""
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from sonodiff.audio.codecs import load_codec
+    from sonodiff.training.export import export_run
+    from sonodiff.training.loop import train
+
+    data = tmp_path / "data"
+    shutil.copytree(tones_dir, data)
+    over = lambda n: small_overrides(data, run_steps=n, batch=4, extra=[f"data.cache_dir={tmp_path / 'cache'}"])  # noqa: E731
+    train(load_config(REPO / "recipes" / "tiny_debug.toml", over(2)), tmp_path / "run", log=lambda *a: None)
+    own = load_codec(tmp_path / "run" / "codec")
+    fdir = Path(json.loads((tmp_path / "run" / "config.json").read_text())["feature_dir"])
+    assert all(torch.equal(a, b) for a, b in zip(own.stats().values(), load_codec(fdir / "codec").stats().values()))
+    t = np.arange(8000) / 8000  # new, louder training data: the shared cache is refitted on the next prepare
+    with open(data / "metadata.jsonl", "a") as meta:
+        for k in range(6):
+            sf.write(data / f"loud{k}.wav", (0.9 * np.sign(np.sin(2 * np.pi * (300 + 97 * k) * t))).astype(np.float32),
+                     8000)
+            meta.write(json.dumps({"path": f"loud{k}.wav", "caption": "a loud tone", "label": "low", "split": "train"})
+                       + "\n")
+    logs = []
+    train(load_config(REPO / "recipes" / "tiny_debug.toml", over(3)), tmp_path / "run", log=logs.append)
+    assert not torch.equal(load_codec(fdir / "codec").mean, own.mean)  # the cache did change
+    assert any("keeps normalising with its own statistics" in m for m in logs)
+    exported = load_codec(export_run(tmp_path / "run", tmp_path / "m") / "codec")
+    assert torch.equal(exported.mean, own.mean)

@@ -62,3 +62,16 @@ def test_atomic_json_and_tensors_round_trip(tmp_path):
     atomic_save_tensors(tmp_path / "w.safetensors", {"t": t}, metadata={"k": "v"}, fsync=False)
     assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["t"], t)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_recover_dir_puts_back_a_folder_a_killed_swap_left_aside(tmp_path):
+    from sonodiff.utils.atomic import recover_dir
+
+    (tmp_path / ".old-best-12-345").mkdir()  # killed between "rename target aside" and "rename new into place"
+    (tmp_path / ".old-best-12-345" / "meta.json").write_text("{}")
+    (tmp_path / ".tmp-best-12-346").mkdir()  # the half-written new one
+    (tmp_path / "step_00000010").mkdir()
+    (tmp_path / ".old-step_00000010-1-2").mkdir()  # the target exists: this copy is garbage
+    recover_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step_00000010"]
+    assert (tmp_path / "best" / "meta.json").is_file()

@@ -168,6 +168,7 @@ def plot(results: list[dict], calib: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -236,7 +237,15 @@ def main() -> None:
                            "n": len(audio), "gen_seconds": round(time.time() - t0, 1), **res})
             log(f"{name} {ck.name}: accuracy {res['accuracy']:.3f} frechet {res['frechet']:.2f} "
                 f"({points[-1]['train_minutes']} min, {meta.get('samples')} examples)")
+            write_results(args, out, [*results, {"name": name, "sets": sets, **info, "points": points}], calib,
+                          final=False)  # after every point: a stopped run keeps what it measured
         results.append({"name": name, "sets": sets, **info, "points": points})
+    write_results(args, out, results, calib, final=True)
+
+
+def write_results(args, out: Path, results: list[dict], calib: dict, final: bool) -> None:
+    """The Markdown table (printed when ``final``), the JSON and the PNG of everything measured so far."""
+    from sonodiff.utils.atomic import atomic_write_json
 
     lines = ["| variant | step | examples | train min | n | accuracy | Frechet |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -246,12 +255,14 @@ def main() -> None:
     for cname, c in calib.items():
         lines.append(f"| calibration: {cname} | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} |")
     table = "\n".join(lines)
-    print(table)
     js = Path(args.json) if args.json else out / "results.json"
-    js.write_text(json.dumps({"recipe": args.recipe, "argv": sys.argv[1:], "variants": results,
-                              "calibration": calib, "table": table}, indent=1))
-    plot(results, calib, Path(args.png) if args.png else out / "curves.png")
-    print(f"wrote {js} and {args.png or out / 'curves.png'}")
+    png = Path(args.png) if args.png else out / "curves.png"
+    atomic_write_json(js, {"recipe": args.recipe, "argv": sys.argv[1:], "complete": final, "variants": results,
+                           "calibration": calib, "table": table}, indent=1)
+    plot(results, calib, png)
+    if final:
+        print(table)
+        print(f"wrote {js} and {png}")
 
 
 if __name__ == "__main__":

@@ -162,16 +162,9 @@ class ComposedConditioner(Conditioner):
         return self
 
     def __deepcopy__(self, memo):
-        import copy
+        from sonodiff.utils.modules import deepcopy_sharing
 
-        for c in self._frozen.values():  # an EMA copy shares the frozen encoders instead of copying them
-            memo[id(c)] = c
-        cls = self.__class__
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            new.__dict__[k] = copy.deepcopy(v, memo)
-        return new
+        return deepcopy_sharing(self, memo, self._frozen.values())  # an EMA copy shares the frozen encoders
 
     @property
     def trainable(self) -> bool:

@@ -56,16 +56,9 @@ class DiffusionModel(nn.Module):
         return self
 
     def __deepcopy__(self, memo):
-        import copy
+        from sonodiff.utils.modules import deepcopy_sharing
 
-        if self.frozen_conditioner is not None:
-            memo[id(self.frozen_conditioner)] = self.frozen_conditioner
-        cls = self.__class__
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            new.__dict__[k] = copy.deepcopy(v, memo)
-        return new
+        return deepcopy_sharing(self, memo, [self.frozen_conditioner] if self.frozen_conditioner is not None else [])
 
     def cond(self, values: list | None, null: Tensor | None = None, device=None) -> Cond | None:
         """Conditioning values (one per row) -> Cond on ``device``; rows with ``null`` True become null."""

@@ -5,6 +5,7 @@ Layout of ``RUN_DIR/checkpoints``::
     step_00000100/            one complete checkpoint
         model.safetensors     live weights
         ema.safetensors       EMA weights
+        posthoc_ema.safetensors  (runs with train.posthoc_ema) the power-function EMA averages, for exact resume
         trainer_state.pt      optimizer, LR schedule, step, samples seen, data position, RNG states, guards
         meta.json             written last: its presence marks the checkpoint complete
     latest                    text file naming the newest complete checkpoint
@@ -27,7 +28,8 @@ import torch
 
 from sonodiff.utils.atomic import atomic_dir, atomic_write_text, recover_dir
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "save_best"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_checkpoint_weights", "latest_checkpoint", "list_checkpoints",
+           "prune_checkpoints", "save_best"]
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -36,17 +38,30 @@ def _state_dict_tensors(sd: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
+_RESERVED = ("model", "ema")
+
+
 def save_checkpoint(ckpt_root: str | Path, step: int, *, model_state: dict, ema_state: dict, trainer_state: dict,
-                    meta: dict) -> Path:
-    """Write checkpoint ``step`` atomically under ``ckpt_root``; update ``latest``. Returns its folder."""
+                    meta: dict, extra_weights: dict[str, dict] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically under ``ckpt_root``; update ``latest``. Returns its folder.
+
+    ``extra_weights``: more ``{name: {key: tensor}}`` written as ``<name>.safetensors`` in the same folder (read
+    back with :func:`load_checkpoint_weights`), e.g. the post-hoc EMA averages.
+    """
     from safetensors.torch import save_file
 
     root = Path(ckpt_root)
     name = f"step_{step:08d}"
     final = root / name
+    extra = extra_weights or {}
+    bad = [n for n in extra if n in _RESERVED or not n or "/" in n or n.startswith(".")]
+    if bad:
+        raise ValueError(f"extra_weights names {bad} are not allowed (not {list(_RESERVED)}, no '/', no leading '.')")
     with atomic_dir(final) as tmp:  # re-saving the same step (e.g. after a resume) replaces it
         save_file(_state_dict_tensors(model_state), str(tmp / "model.safetensors"))
         save_file(_state_dict_tensors(ema_state), str(tmp / "ema.safetensors"))
+        for n, sd in extra.items():
+            save_file(_state_dict_tensors(sd), str(tmp / f"{n}.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
     atomic_write_text(root / "latest", name + "\n")
@@ -87,6 +102,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     trainer_state = torch.load(p / "trainer_state.pt", map_location=device, weights_only=True)
     meta = json.loads((p / "meta.json").read_text())
     return model_state, ema_state, trainer_state, meta
+
+
+def load_checkpoint_weights(path: str | Path, name: str, device: torch.device | str = "cpu") -> dict:
+    """The ``<name>.safetensors`` tensors of a checkpoint folder (see ``extra_weights`` of :func:`save_checkpoint`)."""
+    from safetensors.torch import load_file
+
+    f = Path(path) / f"{name}.safetensors"
+    if not f.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no {f.name}")
+    return load_file(str(f), device=str(device))
 
 
 def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:

@@ -40,7 +40,11 @@ def _train(args) -> int:
 def _export(args) -> int:
     from sonodiff.training.export import export_run
 
-    out = export_run(args.run_dir, args.out, args.checkpoint)
+    try:
+        out = export_run(args.run_dir, args.out, args.checkpoint, ema_sigma_rel=args.ema_sigma_rel)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"exported {args.run_dir} -> {out}")
     return 0
 
@@ -59,4 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--checkpoint", default="latest", help="latest (default), best, or a folder such as step_00001000")
+    p.add_argument("--ema-sigma-rel", type=float, default=None, metavar="S",
+                   help="export the post-hoc EMA of relative length S (e.g. 0.08), reconstructed from the run's "
+                        "train.posthoc_ema snapshots (Karras et al. 2024), instead of the run's EMA")
     p.set_defaults(func=_export)

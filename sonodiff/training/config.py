@@ -188,6 +188,12 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch default)
     ema_half_life: float = 2000.0  # in samples; 0 = EMA equals the model
     ema_rampup: float = 0.05
+    # Post-hoc EMA (Karras et al. 2024, EDM2): the sigma_rel of each power-function EMA profile to store, e.g.
+    # [0.05, 0.10]; 0 < sigma_rel <= 0.3003. Empty = off. Each profile's average is written every
+    # posthoc_ema_every steps (and at the last step) to RUN_DIR/posthoc_ema/<sigma_rel>/step_XXXXXXXX.safetensors;
+    # `sonodiff export --ema-sigma-rel S` reconstructs any EMA length S from them. Must be set when the run starts.
+    posthoc_ema: tuple[float, ...] = ()
+    posthoc_ema_every: int = 0  # optimizer steps between post-hoc EMA snapshots; required > 0 with posthoc_ema
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 10
@@ -202,6 +208,23 @@ class TrainConfig:
             raise ValueError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.checkpoint_every < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ValueError("train.checkpoint_every, train.keep_last and train.log_every must be >= 1")
+        if self.posthoc_ema_every < 0:
+            raise ValueError(f"train.posthoc_ema_every must be >= 0 (steps between post-hoc EMA snapshots), got "
+                             f"{self.posthoc_ema_every}")
+        if self.posthoc_ema:
+            from sonodiff.training.posthoc_ema import profile_name, sigma_rel_to_gamma
+
+            if self.posthoc_ema_every < 1:
+                raise ValueError(f"train.posthoc_ema={list(self.posthoc_ema)} needs train.posthoc_ema_every > 0 "
+                                 f"(optimizer steps between snapshots, e.g. 1000), got {self.posthoc_ema_every}")
+            for i, s in enumerate(self.posthoc_ema):
+                try:
+                    sigma_rel_to_gamma(s)
+                except ValueError as e:
+                    raise ValueError(f"train.posthoc_ema[{i}]: {e}") from None
+            names = [profile_name(s) for s in self.posthoc_ema]
+            if len(set(names)) != len(names):
+                raise ValueError(f"train.posthoc_ema={list(self.posthoc_ema)} repeats a profile; list each sigma_rel once")
 
 
 @dataclass(frozen=True)

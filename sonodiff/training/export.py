@@ -1,5 +1,9 @@
 """`sonodiff export RUN_DIR --out MODEL_DIR`: the inference directory of a training run (EMA weights).
 
+With ``--ema-sigma-rel S`` (runs trained with ``train.posthoc_ema``) the weights are instead the post-hoc EMA of
+length S (Karras et al. 2024), reconstructed from the run's snapshots (:mod:`sonodiff.training.posthoc_ema`);
+``source.ema`` in config.json records the reconstruction.
+
 Everything generation reads comes from the run's config (:func:`model_sections`): a re-export of the same run
 writes the same ``config.json``, with no hand edits. Nothing machine-specific is recorded: the run directory
 and the dataset are named by their folder names, never by absolute paths.
@@ -33,8 +37,14 @@ def model_sections(config: dict, codec) -> dict[str, dict]:
     }
 
 
-def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest") -> Path:
-    """Export a run's EMA weights (``checkpoint``: "latest", "best" or a folder name such as step_00001000)."""
+def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
+               ema_sigma_rel: float | None = None) -> Path:
+    """Export a run's EMA weights (``checkpoint``: "latest", "best" or a folder name such as step_00001000).
+
+    ``ema_sigma_rel``: export the post-hoc EMA with that sigma_rel instead, reconstructed from the run's snapshots
+    up to the checkpoint's step (at the last snapshot at or before it); ``source.ema`` then records
+    ``{"kind": "posthoc", "sigma_rel", "gamma", "at_step", "profile_error", "snapshots", "coefficients"}``.
+    """
     from sonodiff.audio.codecs import load_codec
     from sonodiff.models.model_dir import save_model_dir
     from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -53,13 +63,39 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest")
     codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
                        else Path(run["feature_dir"]) / "codec")
     c = run["config"]
+    source = {"name": c["name"], "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
+              "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]}
+    state = ema_state
+    if ema_sigma_rel is not None:
+        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
     return save_model_dir(
         out,
-        model_state=ema_state,
+        model_state=state,
         spec=run["model"],
         codec=codec,
         **model_sections(c, codec),
-        source={"name": c["name"], "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
-                "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
-                "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]},
+        source=source,
     )
+
+
+def _posthoc_weights(run_dir: Path, step: int, sigma_rel: float, ema_state: dict) -> tuple[dict, dict]:
+    """(weights, record) of the post-hoc EMA ``sigma_rel`` from RUN_DIR/posthoc_ema snapshots up to ``step``."""
+    from sonodiff.training.posthoc_ema import list_snapshots, profile_error, reconstruct, sigma_rel_to_gamma
+
+    gamma = sigma_rel_to_gamma(sigma_rel)  # a bad value fails before any file is read
+    snaps = list_snapshots(run_dir / "posthoc_ema", max_step=step)
+    if not snaps:
+        raise FileNotFoundError(f"{run_dir} has no post-hoc EMA snapshots up to step {step} in {run_dir / 'posthoc_ema'}: "
+                                "train with train.posthoc_ema (e.g. [0.05, 0.10]) and train.posthoc_ema_every > 0 to "
+                                "store them, or export without --ema-sigma-rel (the run's EMA)")
+    state, coeffs = reconstruct(snaps, sigma_rel)
+    if set(state) != set(ema_state):
+        raise ValueError(f"the post-hoc EMA snapshots in {run_dir / 'posthoc_ema'} hold other tensors than the "
+                         f"checkpoint's model (differing keys: {sorted(set(state) ^ set(ema_state))[:5]})")
+    at = max(s.step for s in snaps)
+    err = profile_error([s.gamma for s in snaps], [s.step for s in snaps], coeffs, gamma, at)
+    record = {"kind": "posthoc", "sigma_rel": float(sigma_rel), "gamma": gamma, "at_step": at,
+              "profile_error": err, "snapshots": [{"sigma_rel": s.sigma_rel, "step": s.step} for s in snaps],
+              "coefficients": coeffs.tolist()}
+    return state, record

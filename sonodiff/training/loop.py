@@ -2,7 +2,8 @@
 
 Read top to bottom: set up (distributed, device, data cache, model, optimizer, EMA), resume if RUN_DIR has
 a checkpoint, then for each optimizer step: micro-batches -> loss -> backward -> guard -> clip -> step ->
-EMA -> log / validate / checkpoint / demo. Multi-GPU and multi-node through torchrun (DDP); each rank
+EMA (and the post-hoc EMA profiles of train.posthoc_ema) -> log / post-hoc EMA snapshot / validate /
+checkpoint / demo. Multi-GPU and multi-node through torchrun (DDP); each rank
 takes a contiguous slice of the global batch, and all randomness is a function of (seed, sample
 position), so W ranks reproduce one process with the same global batch and a resumed run reproduces
 an uninterrupted one. The two draws that cannot take a generator (parameter initialisation in module
@@ -37,6 +38,7 @@ from sonodiff.training.build import (
 from sonodiff.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_checkpoint_weights,
     prune_checkpoints,
     save_best,
     save_checkpoint,
@@ -45,6 +47,13 @@ from sonodiff.training.config import Config
 from sonodiff.training.data import PositionOrder, batch_positions, example_generator
 from sonodiff.training.ema import EMA
 from sonodiff.training.logging import MetricsLogger
+from sonodiff.training.posthoc_ema import (
+    PowerEMA,
+    pack_power_emas,
+    profile_name,
+    save_snapshot,
+    unpack_power_emas,
+)
 from sonodiff.utils.atomic import atomic_write_json
 from sonodiff.utils.cpu import resolve_precision
 
@@ -225,6 +234,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay, fused=device.type == "cuda")
     ema = EMA(model, cfg.train.ema_half_life, cfg.train.ema_rampup)
+    pemas = [PowerEMA(model, s) for s in cfg.train.posthoc_ema]  # post-hoc EMA profiles (EDM2); [] = off
     precision, why = resolve_precision(cfg.train.precision, device.type,
                                        device.type == "cuda" and torch.cuda.is_bf16_supported())
     log(why)
@@ -245,6 +255,8 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         scaler.load_state_dict(ts["scaler"])
         step, samples, skipped, best = int(ts["step"]), int(ts["samples"]), int(ts["skipped"]), float(ts["best"])
         seconds_before = float(ts.get("train_seconds", 0.0))  # absent in checkpoints of older runs
+        if pemas:
+            _resume_power_emas(latest, ts, pemas, step, device)
         log(f"resumed from {latest} at step {step}")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +277,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
 
     def save(vloss):  # every checkpoint records the run's training wall time so far (learning curves use it)
         return _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss,
-                     seconds_before + time.perf_counter() - t_start)
+                     seconds_before + time.perf_counter() - t_start, pemas)
 
     pbar = _progress(cfg, step, is_main)
     while step < cfg.train.steps:
@@ -312,6 +324,8 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         samples += cfg.train.batch_size
         ema.update(model, cfg.train.batch_size, samples)
         step += 1
+        for pe in pemas:
+            pe.update(model, step)
         losses.append(step_loss.item())
         if pbar is not None:
             pbar.update(1)
@@ -329,6 +343,9 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
             if device.type == "cuda":
                 scalars["memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             logger.scalars(step, scalars)
+        if pemas and is_main and (step % cfg.train.posthoc_ema_every == 0 or step == cfg.train.steps):
+            for pe in pemas:  # never pruned: each snapshot is a basis profile of the post-hoc reconstruction
+                save_snapshot(run_dir / "posthoc_ema", pe)
         if valid is not None and cfg.train.valid_every and step % cfg.train.valid_every == 0:
             vloss = _validate(ema.model, valid, cfg, device)
             logger.scalars(step, {"valid_loss": vloss})
@@ -391,13 +408,38 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss, train_seconds) -> Path:
+def _save(ckpt_root, step, model, ema, opt, scaler, samples, skipped, best, losses, vloss, train_seconds,
+          pemas=()) -> Path:
+    trainer_state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                     "samples": samples, "skipped": skipped, "best": best, "train_seconds": train_seconds}
+    extra = None
+    if pemas:  # the power-function averages, so that a resumed run writes the same snapshots
+        trainer_state["posthoc_ema"] = {"sigma_rel": [pe.sigma_rel for pe in pemas], "t": step}
+        extra = {"posthoc_ema": pack_power_emas(pemas)}
     return save_checkpoint(
-        ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(),
-        trainer_state={"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                       "samples": samples, "skipped": skipped, "best": best, "train_seconds": train_seconds},
+        ckpt_root, step, model_state=model.state_dict(), ema_state=ema.state_dict(), trainer_state=trainer_state,
         meta={"samples": samples, "loss": losses[-1] if losses else None, "valid_loss": vloss,
-              "train_seconds": round(train_seconds, 2)})
+              "train_seconds": round(train_seconds, 2)}, extra_weights=extra)
+
+
+def _resume_power_emas(ckpt: Path, ts: dict, pemas: list, step: int, device) -> None:
+    """Load the post-hoc EMA profiles from checkpoint ``ckpt``; refuse profiles the run did not average from step 1."""
+    saved = ts.get("posthoc_ema")
+    if saved is None:
+        if step == 0:
+            return  # nothing averaged yet: the profiles start fresh, as in an uninterrupted run
+        raise ValueError(f"{ckpt} was saved by a run without post-hoc EMA (train.posthoc_ema was empty), but the config "
+                         f"now asks for train.posthoc_ema={[pe.sigma_rel for pe in pemas]}: a power-function average "
+                         "must start at step 1, so it cannot be turned on at step "
+                         f"{step}; use a new --out directory or leave train.posthoc_ema empty for this run")
+    have = {profile_name(s) for s in saved["sigma_rel"]}
+    new = [pe.sigma_rel for pe in pemas if profile_name(pe.sigma_rel) not in have]
+    if new:
+        raise ValueError(f"{ckpt} holds the post-hoc EMA profiles sigma_rel={list(saved['sigma_rel'])}, but the config "
+                         f"adds {new}: a power-function average must start at step 1, so profiles cannot be added at "
+                         f"step {step}; use the run's profiles (or a subset) or a new --out directory")
+    assert int(saved["t"]) == step, (saved["t"], step)
+    unpack_power_emas(pemas, load_checkpoint_weights(ckpt, "posthoc_ema", device), step)
 
 
 def _run_codec(run_dir: Path, fdir: Path, log):

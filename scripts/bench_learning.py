@@ -115,15 +115,18 @@ def held_out(args, sr: int, seconds: float):
     return ta, [it.label for it in test], gen, tr, [it.label for it in train]
 
 
-def generate(model_dir: Path, prompts: list[str], seconds: float, batch: int, seed: int) -> torch.Tensor:
-    """Audio ``[N, T]`` for ``prompts`` at the model's default settings (seeds seed, seed+1, ...)."""
+def generate(model_dir: Path, prompts: list[str], seconds: float, batch: int, seed: int,
+             guidance: float | None = None) -> torch.Tensor:
+    """Audio ``[N, T]`` for ``prompts`` at the model's default settings (seeds seed, seed+1, ...); ``guidance``
+    overrides the guidance scale only."""
     from sonodiff.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(model_dir)
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        audio = pipe(chunk, duration_s=seconds, seeds=list(range(seed + i, seed + i + len(chunk))))
+        audio = pipe(chunk, duration_s=seconds, seeds=list(range(seed + i, seed + i + len(chunk))),
+                     guidance_scale=guidance)
         out.append(audio.audio.reshape(len(chunk), -1).float())
     return torch.cat(out)
 
@@ -141,6 +144,34 @@ def resynthesis(model_dir: Path, audio: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def cached_classifier(args, out: Path, ref_audio, ref_labels, sr: int, seconds: float, log):
+    """The in-house classifier of this benchmark's held-out audio, trained once and kept in OUT/classifier (reused
+    when the data, rate, length and step count are the same; delete the folder to retrain)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from sonodiff.eval.classifier import AudioClassifier, ClassifierConfig, train_classifier
+    from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
+
+    labels = tuple(sorted(set(ref_labels)))
+    cfg = ClassifierConfig(labels=labels, sample_rate=sr, seconds=seconds)
+    key = hashlib.sha256(json.dumps([str(Path(args.data or args.corpus).resolve()), args.domain if args.corpus else "",
+                                     sr, seconds, args.classifier_steps, list(labels), len(ref_audio),
+                                     float(ref_audio.double().sum())]).encode()).hexdigest()[:16]
+    d = out / "classifier"
+    if (d / "meta.json").is_file() and json.loads((d / "meta.json").read_text()).get("key") == key:
+        clf = AudioClassifier(cfg)
+        clf.load_state_dict(load_file(str(d / "model.safetensors")))
+        log(f"classifier: reusing {d} (key {key})")
+        return clf.eval()
+    clf = train_classifier(ref_audio, ref_labels, cfg, steps=args.classifier_steps, log=log)
+    atomic_save_tensors(d / "model.safetensors", {k: v.contiguous() for k, v in clf.state_dict().items()})
+    atomic_write_json(d / "meta.json", {"key": key, "steps": args.classifier_steps, "labels": list(labels),
+                                        "sample_rate": sr, "seconds": seconds})
+    return clf.eval()
+
+
 def plot(results: list[dict], calib: dict, path: Path) -> None:
     import matplotlib
 
@@ -148,8 +179,9 @@ def plot(results: list[dict], calib: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    for r in results:
-        pts = [p for p in r["points"]]
+    for r in results:  # curves: the model's own guidance and training EMA (other rows are in the table)
+        first = r["points"][0].get("guidance") if r["points"] else None
+        pts = [p for p in r["points"] if p.get("ema", "train") == "train" and p.get("guidance") == first]
         x = [p["train_minutes"] for p in pts]
         axes[0].plot(x, [p["accuracy"] for p in pts], marker="o", label=r["name"])
         axes[1].plot(x, [p["frechet"] for p in pts], marker="o", label=r["name"])
@@ -185,6 +217,13 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=20, help="generated clips per class (FSDD)")
     ap.add_argument("--max-prompts", type=int, default=200, help="held-out captions to generate (corpus)")
     ap.add_argument("--classifier-steps", type=int, default=800)
+    ap.add_argument("--guidance", type=float, action="append",
+                    help="score each point at this guidance scale too (repeatable; default: the model's own only)")
+    ap.add_argument("--ema-sigma-rel", type=float, action="append",
+                    help="also score the post-hoc EMA reconstruction at this sigma_rel (runs with train.posthoc_ema)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: score the checkpoints the variants' run folders already hold")
+    ap.add_argument("--last-only", action="store_true", help="score only each variant's last checkpoint")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="results JSON (default OUT/results.json)")
     ap.add_argument("--png", help="curves PNG (default OUT/curves.png)")
@@ -198,19 +237,30 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant]
     root_set = f"data.root={Path(args.data or args.corpus).resolve()}"
 
-    from sonodiff.eval.classifier import ClassifierConfig, evaluate_audio, train_classifier
+    from sonodiff.eval.classifier import evaluate_audio
     from sonodiff.training.export import export_run
 
     results, classifier, calib, scored_at = [], None, {}, None
     for name, sets in variants:
         run_dir = out / name
-        info = train_variant(args.recipe, [root_set, *sets], run_dir, args.steps, args.eval_every, args.minutes,
-                             args.threads, log)
+        if args.eval_only:
+            prev = out / "results.json"
+            old = {r["name"]: r for r in json.loads(prev.read_text())["variants"]} if prev.is_file() else {}
+            info = {k: old.get(name, {}).get(k) for k in ("wall_s", "stopped")}
+        else:
+            info = train_variant(args.recipe, [root_set, *sets], run_dir, args.steps, args.eval_every, args.minutes,
+                                 args.threads, log)
         ckpts = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "meta.json").is_file())
+        if args.last_only:
+            ckpts = ckpts[-1:]
         points = []
-        for ck in ckpts:
+        evals = [(ck, None) for ck in ckpts]
+        if args.ema_sigma_rel and ckpts:  # post-hoc EMA reconstructions of the last checkpoint
+            evals += [(ckpts[-1], s) for s in args.ema_sigma_rel]
+        for ck, sigma_rel in evals:
             meta = json.loads((ck / "meta.json").read_text())
-            exp = export_run(run_dir, out / "exports" / f"{name}-{ck.name}", checkpoint=ck.name)
+            tag = f"{name}-{ck.name}" + (f"-ema{sigma_rel:g}" if sigma_rel is not None else "")
+            exp = export_run(run_dir, out / "exports" / tag, checkpoint=ck.name, ema_sigma_rel=sigma_rel)
             cfg = json.loads((exp / "config.json").read_text())
             sr, seconds = cfg["audio"]["sample_rate"], cfg["audio"]["seconds"]
             if classifier is not None and (sr, seconds) != scored_at:
@@ -219,9 +269,7 @@ def main() -> None:
             if classifier is None:  # one classifier for every variant and point (same rate and length)
                 scored_at = (sr, seconds)
                 ref_audio, ref_labels, gen_spec, train_audio, train_labels = held_out(args, sr, seconds)
-                labels = tuple(sorted(set(ref_labels)))
-                classifier = train_classifier(ref_audio, ref_labels, ClassifierConfig(labels=labels, sample_rate=sr,
-                                              seconds=seconds), steps=args.classifier_steps, log=log)
+                classifier = cached_classifier(args, out, ref_audio, ref_labels, sr, seconds, log)
                 ref_emb = torch.cat([classifier.embed(ref_audio[i:i + 256]).detach()
                                      for i in range(0, len(ref_audio), 256)])
                 calib["real train"] = evaluate_audio(classifier, train_audio, train_labels, ref_emb)
@@ -229,14 +277,19 @@ def main() -> None:
             if f"resynthesis ({name})" not in calib:
                 rs = resynthesis(exp, ref_audio)
                 calib[f"resynthesis ({name})"] = {**evaluate_audio(classifier, rs, ref_labels, ref_emb), "n": len(rs)}
-            t0 = time.time()
-            audio = generate(exp, [p for p, _ in gen_spec], seconds, 32, seed=0)
-            res = evaluate_audio(classifier, audio, [lab for _, lab in gen_spec], ref_emb)
-            points.append({"step": meta["step"], "samples": meta.get("samples"),
-                           "train_minutes": round(meta.get("train_seconds", float("nan")) / 60, 2),
-                           "n": len(audio), "gen_seconds": round(time.time() - t0, 1), **res})
-            log(f"{name} {ck.name}: accuracy {res['accuracy']:.3f} frechet {res['frechet']:.2f} "
-                f"({points[-1]['train_minutes']} min, {meta.get('samples')} examples)")
+            default_g = json.loads((exp / "config.json").read_text())["sampling"]["guidance_scale"]
+            for g in [None, *[x for x in (args.guidance or []) if x != default_g]]:
+                t0 = time.time()
+                audio = generate(exp, [p for p, _ in gen_spec], seconds, 32, seed=0, guidance=g)
+                res = evaluate_audio(classifier, audio, [lab for _, lab in gen_spec], ref_emb)
+                points.append({"step": meta["step"], "samples": meta.get("samples"),
+                               "train_minutes": round(meta.get("train_seconds", float("nan")) / 60, 2),
+                               "guidance": default_g if g is None else g, "ema": "posthoc %g" % sigma_rel
+                               if sigma_rel is not None else "train", "n": len(audio),
+                               "gen_seconds": round(time.time() - t0, 1), **res})
+                log(f"{name} {ck.name} guidance {points[-1]['guidance']} EMA {points[-1]['ema']}: accuracy "
+                    f"{res['accuracy']:.3f} frechet {res['frechet']:.2f} ({points[-1]['train_minutes']} min, "
+                    f"{meta.get('samples')} examples)")
             write_results(args, out, [*results, {"name": name, "sets": sets, **info, "points": points}], calib,
                           final=False)  # after every point: a stopped run keeps what it measured
         results.append({"name": name, "sets": sets, **info, "points": points})
@@ -247,13 +300,15 @@ def write_results(args, out: Path, results: list[dict], calib: dict, final: bool
     """The Markdown table (printed when ``final``), the JSON and the PNG of everything measured so far."""
     from sonodiff.utils.atomic import atomic_write_json
 
-    lines = ["| variant | step | examples | train min | n | accuracy | Frechet |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | step | examples | train min | guidance | EMA | n | accuracy | Frechet |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for p in r["points"]:
-            lines.append(f"| {r['name']} | {p['step']} | {p['samples']} | {p['train_minutes']} | {p['n']} | "
-                         f"{p['accuracy']:.3f} | {p['frechet']:.2f} |")
+            lines.append(f"| {r['name']} | {p['step']} | {p['samples']} | {p['train_minutes']} | "
+                         f"{p.get('guidance', '')} | {p.get('ema', 'train')} | {p['n']} | "
+                         f"{p['accuracy']:.3f} ± {p.get('accuracy_stderr', float('nan')):.3f} | {p['frechet']:.2f} |")
     for cname, c in calib.items():
-        lines.append(f"| calibration: {cname} | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} |")
+        lines.append(f"| calibration: {cname} | | | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} |")
     table = "\n".join(lines)
     js = Path(args.json) if args.json else out / "results.json"
     png = Path(args.png) if args.png else out / "curves.png"

@@ -1,5 +1,6 @@
 """The shipped digit model says the digit it is asked for: a classifier trained on real FSDD test speech (which
-the model never saw) recognises its outputs far above chance. Slow (trains the small classifier)."""
+the model never saw) recognises at least 90% of 100 generated digits at the model's default settings (issue 14).
+Slow (trains the small classifier)."""
 
 import os
 from pathlib import Path
@@ -38,8 +39,8 @@ def test_shipped_digit_model_is_recognised_by_a_classifier_of_real_speech():
                            steps=400)
     ref = clf.embed(x).detach()
     assert evaluate_audio(clf, x, labels, ref)["accuracy"] > 0.9  # the classifier itself works
-    want = [d for d in digits for _ in range(4)]
-    gen = pipe(want, seeds=list(range(len(want))), num_steps=20, guidance_scale=7.0).audio[:, 0]
+    want = [d for d in digits for _ in range(10)]
+    gen = torch.cat([pipe(want[i:i + 50], seeds=list(range(i, i + 50))).audio[:, 0] for i in range(0, 100, 50)])
     r = evaluate_audio(clf, gen, want, ref)
-    # measured 0.40 +- 0.05 at cfg 7 by scripts/eval_fsdd.py (100 clips); chance is 0.10
-    assert r["accuracy"] >= 0.2, f"generated digits recognised {r['accuracy']:.2f} (chance 0.10)"
+    # measured 0.945 +- 0.016 on 200 digits by scripts/bench_learning.py (recipes/README.md); chance is 0.10
+    assert r["accuracy"] >= 0.9, f"generated digits recognised {r['accuracy']:.2f} (the shipped model's goal: 0.9)"

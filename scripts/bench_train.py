@@ -63,18 +63,11 @@ def sonodiff_step_fn(device, dtype, compile_):
     return net, step
 
 
-def diffusers_step_fn(device, dtype, compile_, target):
-    import torch
-    from diffusers import UNet2DConditionModel
-
+def matched_width(make, bases, target):
+    """The model ``make(base)`` (channels base, 2 base, 4 base) whose parameter count is closest to ``target``."""
     best = None
-    for base in range(32, 257, 8):
-        ch = (base, base * 2, base * 4)
-        m = UNet2DConditionModel(sample_size=(MELS, FRAMES), in_channels=1, out_channels=1, block_out_channels=ch,
-                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                                 layers_per_block=2, cross_attention_dim=TOKEN_DIM, attention_head_dim=[c // 64 for c in ch],
-                                 norm_num_groups=8)
+    for base in bases:
+        m = make(base)
         n = sum(p.numel() for p in m.parameters())
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (m, n)
@@ -82,7 +75,22 @@ def diffusers_step_fn(device, dtype, compile_, target):
             break
     if abs(best[1] - target) > 0.1 * target:
         raise SystemExit(f"no diffusers width within 10% of {target} parameters (closest {best[1]})")
-    net = best[0].to(device)
+    return best[0]
+
+
+def diffusers_step_fn(device, dtype, compile_, target):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    def make(base):
+        ch = (base, base * 2, base * 4)
+        return UNet2DConditionModel(sample_size=(MELS, FRAMES), in_channels=1, out_channels=1, block_out_channels=ch,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                    layers_per_block=2, cross_attention_dim=TOKEN_DIM,
+                                    attention_head_dim=[c // 64 for c in ch], norm_num_groups=8)
+
+    net = matched_width(make, range(32, 257, 8), target).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(net) if compile_ else net
 
@@ -161,22 +169,15 @@ def fsdd_diffusers_step_fn(device, dtype, compile_, target, mels):
     import torch
     from diffusers import UNet2DModel
 
-    best = None
-    for base in range(16, 129, 8):
-        ch = (base, base * 2, base * 4)
-        m = UNet2DModel(sample_size=(mels, 48), in_channels=1, out_channels=1, block_out_channels=ch,
-                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
-                        attention_head_dim=32, norm_num_groups=16 if base % 16 == 0 else 8,
-                        num_class_embeds=len(FSDD_LABELS))
-        n = sum(p.numel() for p in m.parameters())
-        if best is None or abs(n - target) < abs(best[1] - target):
-            best = (m, n)
-        if n > 1.1 * target:
-            break
-    if abs(best[1] - target) > 0.1 * target:
-        raise SystemExit(f"no diffusers width within 10% of {target} parameters (closest {best[1]})")
-    net = best[0].to(device)
+    def make(base):
+        return UNet2DModel(sample_size=(mels, 48), in_channels=1, out_channels=1,
+                           block_out_channels=(base, base * 2, base * 4),
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+                           attention_head_dim=32, norm_num_groups=16 if base % 16 == 0 else 8,
+                           num_class_embeds=len(FSDD_LABELS))
+
+    net = matched_width(make, range(16, 129, 8), target).to(device)
     params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(net) if compile_ else net

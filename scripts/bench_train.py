@@ -199,14 +199,21 @@ def fsdd_diffusers_step_fn(device, dtype, compile_, target, mels):
     return net, step
 
 
-def run_fsdd_row(spec: dict) -> dict:
+def _row_setup(spec: dict):
+    """(device, autocast dtype) of a row, with the seed and CPU thread count set."""
     import torch
 
     device = torch.device(spec["device"])
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
     torch.manual_seed(0)
     if device.type == "cpu":
         torch.set_num_threads(spec["threads"])
+    return device, {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
+
+
+def run_fsdd_row(spec: dict) -> dict:
+    import torch
+
+    device, dtype = _row_setup(spec)
     mels = spec["mels"]
     t_build = time.perf_counter()
     if spec["impl"] == "sonodiff":
@@ -295,11 +302,7 @@ def main_fsdd(args) -> None:
 def run_row(spec: dict) -> dict:
     import torch
 
-    device = torch.device(spec["device"])
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
-    torch.manual_seed(0)
-    if device.type == "cpu":
-        torch.set_num_threads(spec["threads"])
+    device, dtype = _row_setup(spec)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if spec["impl"] == "sonodiff":
         net, step = sonodiff_step_fn(device, dtype, spec["compile"])

@@ -438,7 +438,9 @@ def _resume_power_emas(ckpt: Path, ts: dict, pemas: list, step: int, device) -> 
         raise ValueError(f"{ckpt} holds the post-hoc EMA profiles sigma_rel={list(saved['sigma_rel'])}, but the config "
                          f"adds {new}: a power-function average must start at step 1, so profiles cannot be added at "
                          f"step {step}; use the run's profiles (or a subset) or a new --out directory")
-    assert int(saved["t"]) == step, (saved["t"], step)
+    if int(saved["t"]) != step:
+        raise ValueError(f"{ckpt}: its post-hoc EMA profiles have averaged {saved['t']} steps but the checkpoint is at "
+                         f"step {step}; the checkpoint is inconsistent (resume from an earlier one)")
     unpack_power_emas(pemas, load_checkpoint_weights(ckpt, "posthoc_ema", device), step)
 
 

@@ -15,14 +15,32 @@ variant trains on:
   domain; prompts are the captions of ``test_heldout`` clips (combinations never seen in training), each
   scored against its clip's label.
 
-Rows: accuracy and Frechet distance (classifier embedding) against wall minutes and examples seen, next to
-the calibration rows (real train audio; Griffin-Lim resynthesis of the held-out audio through the variant's
-codec). Prints a Markdown table, writes JSON and a PNG of the curves.
+Rows: accuracy, Frechet distance (classifier embedding) and output level (median and maximum peak dBFS, the
+share of clips that would clip) against wall minutes and examples seen, next to the calibration rows:
+
+- real train: as many real training clips as there are generated clips (FSDD: the same count per class), so
+  that the Frechet distance's small-sample bias is the same as the generated rows';
+- resynthesis (unpaired): those training clips through the variant's codec and decoder (Griffin-Lim): what
+  the feature space and vocoder cost a set of real clips that are *not* the reference clips. This is the row
+  a generated set is compared with;
+- resynthesis (paired): the reference clips themselves resynthesised. Each sits next to its own original in
+  the embedding, so this distance is far below even real train's; it measures the codec, not a distribution.
+
+``--sampling NAME:key=value,...`` (repeatable) scores each point at other sampling settings too:
+``guidance_scale``, ``cfg_rescale``, ``guidance_interval`` (``LO/HI`` noise levels, or ``all``),
+``num_steps``, ``sampler``, and ``autoguide`` (autoguidance, Karras et al. 2024: a checkpoint name of the
+same run such as ``step_00000725``, or a model directory, guides instead of the unconditional branch).
+Prints a Markdown table, writes JSON and a PNG of the curves.
 
     python scripts/bench_learning.py --recipe fsdd_digits_mel --data ../shared/data/fsdd --out runs/bl \\
         --steps 3000 --minutes 40 --eval-every 1000 --per-class 20 \\
         --variant base: \\
         --variant fast:codec.options.n_mels=32,train.precision=bf16,train.batch_size=32,optim.lr=2e-3
+
+    # guidance of an existing run's last checkpoint: CFG scales, an interval, autoguidance by an early checkpoint
+    python scripts/bench_learning.py --recipe fsdd_digits_mel --data ../shared/data/fsdd --out runs/bl \
+        --variant fast: --eval-only --last-only --sampling cfg2:guidance_scale=2 \
+        --sampling cfg4-interval:guidance_interval=0.4/10 --sampling auto2:autoguide=step_00000725,guidance_scale=2
 """
 
 from __future__ import annotations
@@ -41,18 +59,56 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_variant(spec: str) -> tuple[str, list[str]]:
+def parse_variant(spec: str, flag: str = "--variant") -> tuple[str, list[str]]:
     """``NAME:k=v,k=v`` -> (name, ["k=v", ...]); values may not contain commas (use TOML lists via [a;b])."""
     if ":" not in spec:
-        raise SystemExit(f"--variant {spec!r}: expected NAME:key=value,key=value (or NAME: for the recipe as is)")
+        raise SystemExit(f"{flag} {spec!r}: expected NAME:key=value,key=value (or NAME: for the recipe as is)")
     name, _, rest = spec.partition(":")
     if not name or "/" in name:
-        raise SystemExit(f"--variant {spec!r}: the name must be non-empty and contain no '/'")
+        raise SystemExit(f"{flag} {spec!r}: the name must be non-empty and contain no '/'")
     sets = [s.strip().replace(";", ",") for s in rest.split(",") if s.strip()]
     bad = [s for s in sets if "=" not in s]
     if bad:
-        raise SystemExit(f"--variant {spec!r}: {bad} are not key=value")
+        raise SystemExit(f"{flag} {spec!r}: {bad} are not key=value")
     return name, sets
+
+
+SAMPLING_KEYS = {"guidance_scale": float, "cfg_rescale": float, "num_steps": int, "sampler": str,
+                 "guidance_interval": str, "autoguide": str}
+
+
+def parse_sampling(spec: str) -> tuple[str, dict]:
+    """``NAME:k=v,k=v`` -> (name, Pipeline keyword overrides plus ``autoguide``)."""
+    name, sets = parse_variant(spec, "--sampling")
+    out: dict = {}
+    for kv in sets:
+        k, _, v = kv.partition("=")
+        if k not in SAMPLING_KEYS:
+            raise SystemExit(f"--sampling {spec!r}: unknown key {k!r}; valid: {sorted(SAMPLING_KEYS)}")
+        if k == "guidance_interval":
+            if v == "all":
+                out[k] = None
+                continue
+            try:
+                lo, hi = (float(x) for x in v.split("/"))
+            except ValueError:
+                raise SystemExit(f"--sampling {spec!r}: guidance_interval takes LO/HI noise levels or 'all', "
+                                 f"got {v!r}") from None
+            out[k] = (lo, hi)
+            continue
+        try:
+            out[k] = SAMPLING_KEYS[k](v)
+        except ValueError:
+            raise SystemExit(f"--sampling {spec!r}: {k} takes a {SAMPLING_KEYS[k].__name__}, got {v!r}") from None
+    return name, out
+
+
+def levels(audio: torch.Tensor) -> dict:
+    """Output level of clips ``[N, T]``: median and maximum peak (dBFS) and the share at or above full scale."""
+    peak = audio.abs().amax(dim=-1).clamp_min(1e-6)
+    db = 20 * torch.log10(peak)
+    return {"peak_db_median": round(db.median().item(), 2), "peak_db_max": round(db.max().item(), 2),
+            "clipped": round((peak >= 1.0).double().mean().item(), 4)}
 
 
 def train_variant(recipe: str, sets: list[str], run_dir: Path, steps: int, every: int, minutes: float,
@@ -94,7 +150,8 @@ def held_out(args, sr: int, seconds: float):
         rows = sorted((r for r in rows if r["domain"] == args.domain), key=lambda r: r["id"])
         ref = [r for r in rows if r["split"] in ("test", "test_heldout")]
         known = {r["label"] for r in ref}  # the classifier knows only the held-out clips' labels
-        train = [r for r in rows if r["split"] == "train" and r["label"] in known][: len(ref)]
+        gen_n = min(args.max_prompts, sum(r["split"] == "test_heldout" for r in ref))
+        train = [r for r in rows if r["split"] == "train" and r["label"] in known][: gen_n]
         load = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in ref]
         tr = [fix(load_audio(Path(args.corpus) / r["path"], sample_rate=sr, channels="mono")[0][0]) for r in train]
         gen = [(r["caption"], r["label"]) for r in ref if r["split"] == "test_heldout"][: args.max_prompts]
@@ -107,7 +164,7 @@ def held_out(args, sr: int, seconds: float):
     for it in items:
         if it.split == "train":
             per.setdefault(it.label, []).append(it)
-    train = [it for v in per.values() for it in v[: max(1, len(test) // max(1, len(per)))]]
+    train = [it for v in per.values() for it in v[: args.per_class]]  # the generated rows' count per class
     ta = torch.stack([fix(load_audio(Path(args.data) / it.path, sample_rate=sr, channels="mono")[0][0]) for it in test])
     tr = torch.stack([fix(load_audio(Path(args.data) / it.path, sample_rate=sr, channels="mono")[0][0]) for it in train])
     labels = sorted({it.label for it in test})
@@ -116,17 +173,19 @@ def held_out(args, sr: int, seconds: float):
 
 
 def generate(model_dir: Path, prompts: list[str], seconds: float, batch: int, seed: int,
-             guidance: float | None = None) -> torch.Tensor:
-    """Audio ``[N, T]`` for ``prompts`` at the model's default settings (seeds seed, seed+1, ...); ``guidance``
-    overrides the guidance scale only."""
+             sampling: dict | None = None, guide: Path | None = None) -> torch.Tensor:
+    """Audio ``[N, T]`` for ``prompts`` at the model's default settings (seeds seed, seed+1, ...) with the
+    ``sampling`` overrides (Pipeline keywords); ``guide``: an autoguidance model directory."""
     from sonodiff.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(model_dir)
+    if guide is not None:
+        pipe.set_guide(guide)
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         audio = pipe(chunk, duration_s=seconds, seeds=list(range(seed + i, seed + i + len(chunk))),
-                     guidance_scale=guidance)
+                     **(sampling or {}))
         out.append(audio.audio.reshape(len(chunk), -1).float())
     return torch.cat(out)
 
@@ -180,8 +239,7 @@ def plot(results: list[dict], calib: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
     for r in results:  # curves: the model's own guidance and training EMA (other rows are in the table)
-        first = r["points"][0].get("guidance") if r["points"] else None
-        pts = [p for p in r["points"] if p.get("ema", "train") == "train" and p.get("guidance") == first]
+        pts = [p for p in r["points"] if p.get("ema", "train") == "train" and p.get("sampling", "default") == "default"]
         x = [p["train_minutes"] for p in pts]
         axes[0].plot(x, [p["accuracy"] for p in pts], marker="o", label=r["name"])
         axes[1].plot(x, [p["frechet"] for p in pts], marker="o", label=r["name"])
@@ -219,6 +277,9 @@ def main() -> None:
     ap.add_argument("--classifier-steps", type=int, default=800)
     ap.add_argument("--guidance", type=float, action="append",
                     help="score each point at this guidance scale too (repeatable; default: the model's own only)")
+    ap.add_argument("--sampling", action="append", default=[],
+                    help="NAME:key=value,... score each point at these sampling settings too (repeatable; keys: "
+                         + ", ".join(sorted(SAMPLING_KEYS)) + ")")
     ap.add_argument("--ema-sigma-rel", type=float, action="append",
                     help="also score the post-hoc EMA reconstruction at this sigma_rel (runs with train.posthoc_ema)")
     ap.add_argument("--eval-only", action="store_true",
@@ -235,6 +296,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     variants = [parse_variant(v) for v in args.variant]
+    samplings = [("default", {})] + [(f"cfg{g:g}", {"guidance_scale": g}) for g in (args.guidance or [])]
+    samplings += [parse_sampling(sp) for sp in args.sampling]
     root_set = f"data.root={Path(args.data or args.corpus).resolve()}"
 
     from sonodiff.eval.classifier import evaluate_audio
@@ -272,24 +335,47 @@ def main() -> None:
                 classifier = cached_classifier(args, out, ref_audio, ref_labels, sr, seconds, log)
                 ref_emb = torch.cat([classifier.embed(ref_audio[i:i + 256]).detach()
                                      for i in range(0, len(ref_audio), 256)])
-                calib["real train"] = evaluate_audio(classifier, train_audio, train_labels, ref_emb)
-                calib["real train"]["n"] = len(train_audio)
-            if f"resynthesis ({name})" not in calib:
+                calib["real train"] = {**evaluate_audio(classifier, train_audio, train_labels, ref_emb),
+                                       **levels(train_audio)}
+            if f"resynthesis unpaired ({name})" not in calib:
+                rs = resynthesis(exp, train_audio)
+                calib[f"resynthesis unpaired ({name})"] = {
+                    **evaluate_audio(classifier, rs, train_labels, ref_emb), **levels(rs)}
                 rs = resynthesis(exp, ref_audio)
-                calib[f"resynthesis ({name})"] = {**evaluate_audio(classifier, rs, ref_labels, ref_emb), "n": len(rs)}
-            default_g = json.loads((exp / "config.json").read_text())["sampling"]["guidance_scale"]
-            for g in [None, *[x for x in (args.guidance or []) if x != default_g]]:
+                calib[f"resynthesis paired ({name})"] = {
+                    **evaluate_audio(classifier, rs, ref_labels, ref_emb), **levels(rs)}
+            model_sampling = json.loads((exp / "config.json").read_text())["sampling"]
+            for sname, sp in samplings:
+                if sigma_rel is not None and sname != "default":
+                    continue  # post-hoc EMA rows at the model's own settings only
+                sp = dict(sp)
+                guide = sp.pop("autoguide", None)
+                if guide is not None and not Path(guide).is_dir():  # a checkpoint of this run: export it
+                    gck = run_dir / "checkpoints" / guide
+                    if not (gck / "meta.json").is_file():
+                        raise SystemExit(f"--sampling {sname}: autoguide {guide!r} is neither a model directory "
+                                         f"nor a checkpoint in {run_dir / 'checkpoints'}")
+                    guide = export_run(run_dir, out / "exports" / f"{name}-{guide}", checkpoint=guide)
                 t0 = time.time()
-                audio = generate(exp, [p for p, _ in gen_spec], seconds, 32, seed=0, guidance=g)
-                res = evaluate_audio(classifier, audio, [lab for _, lab in gen_spec], ref_emb)
+                audio = generate(exp, [p for p, _ in gen_spec], seconds, 32, seed=0, sampling=sp,
+                                 guide=None if guide is None else Path(guide))
+                res = {**evaluate_audio(classifier, audio, [lab for _, lab in gen_spec], ref_emb), **levels(audio)}
+                g = sp.get("guidance_scale", model_sampling["guidance_scale"])
+                gi = sp.get("guidance_interval", model_sampling.get("guidance_interval"))
+                how = (f"auto {Path(guide).name} w={g:g}" if guide is not None else f"cfg {g:g}") + \
+                    (f" in ({gi[0]:g}, {gi[1]:g}]" if gi else "") + \
+                    (f" rescale {sp['cfg_rescale']:g}" if sp.get("cfg_rescale") else "") + \
+                    (f" {sp['sampler']}" if "sampler" in sp else "") + \
+                    (f" {sp['num_steps']} steps" if "num_steps" in sp else "")
                 points.append({"step": meta["step"], "samples": meta.get("samples"),
                                "train_minutes": round(meta.get("train_seconds", float("nan")) / 60, 2),
-                               "guidance": default_g if g is None else g, "ema": "posthoc %g" % sigma_rel
-                               if sigma_rel is not None else "train", "n": len(audio),
+                               "sampling": sname, "guidance": how, "ema": "posthoc %g" % sigma_rel
+                               if sigma_rel is not None else "train",
                                "gen_seconds": round(time.time() - t0, 1), **res})
-                log(f"{name} {ck.name} guidance {points[-1]['guidance']} EMA {points[-1]['ema']}: accuracy "
-                    f"{res['accuracy']:.3f} frechet {res['frechet']:.2f} ({points[-1]['train_minutes']} min, "
-                    f"{meta.get('samples')} examples)")
+                log(f"{name} {ck.name} {sname} ({how}) EMA {points[-1]['ema']}: accuracy "
+                    f"{res['accuracy']:.3f} frechet {res['frechet']:.2f} peak median/max "
+                    f"{res['peak_db_median']:.1f}/{res['peak_db_max']:.1f} dBFS ({points[-1]['train_minutes']} "
+                    f"min, {meta.get('samples')} examples)")
             write_results(args, out, [*results, {"name": name, "sets": sets, **info, "points": points}], calib,
                           final=False)  # after every point: a stopped run keeps what it measured
         results.append({"name": name, "sets": sets, **info, "points": points})
@@ -300,15 +386,21 @@ def write_results(args, out: Path, results: list[dict], calib: dict, final: bool
     """The Markdown table (printed when ``final``), the JSON and the PNG of everything measured so far."""
     from sonodiff.utils.atomic import atomic_write_json
 
-    lines = ["| variant | step | examples | train min | guidance | EMA | n | accuracy | Frechet |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def lv(p):
+        return (f"{p['peak_db_median']:.1f} / {p['peak_db_max']:.1f} | {p['clipped']:.1%}" if "peak_db_max" in p
+                else "- | -")
+
+    lines = ["| variant | step | examples | train min | guidance | EMA | n | accuracy | Frechet | peak dBFS median / max "
+             "| clipped |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for p in r["points"]:
             lines.append(f"| {r['name']} | {p['step']} | {p['samples']} | {p['train_minutes']} | "
                          f"{p.get('guidance', '')} | {p.get('ema', 'train')} | {p['n']} | "
-                         f"{p['accuracy']:.3f} ± {p.get('accuracy_stderr', float('nan')):.3f} | {p['frechet']:.2f} |")
+                         f"{p['accuracy']:.3f} ± {p.get('accuracy_stderr', float('nan')):.3f} | {p['frechet']:.2f} | "
+                         f"{lv(p)} |")
     for cname, c in calib.items():
-        lines.append(f"| calibration: {cname} | | | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} |")
+        lines.append(f"| calibration: {cname} | | | | | | {c['n']} | {c['accuracy']:.3f} | {c['frechet']:.2f} | "
+                     f"{lv(c)} |")
     table = "\n".join(lines)
     js = Path(args.json) if args.json else out / "results.json"
     png = Path(args.png) if args.png else out / "curves.png"

@@ -17,7 +17,7 @@ from sonodiff.core.editing import (
     sdedit_start,
     span_mask,
 )
-from sonodiff.core.guidance import ClassifierFreeGuidance, GradientGuidance
+from sonodiff.core.guidance import AutoGuidance, ClassifierFreeGuidance, GradientGuidance
 from sonodiff.core.likelihood import ELBOResult, LikelihoodResult, bits_per_dim, discrete_elbo, log_likelihood
 from sonodiff.core.param import (
     PARAMETERIZATIONS,
@@ -47,6 +47,7 @@ __all__ = [
     "DENSITIES",
     "get_sigmas",
     "sample_sigmas",
+    "AutoGuidance",
     "ClassifierFreeGuidance",
     "GradientGuidance",
     "InpaintDenoiser",

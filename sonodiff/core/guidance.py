@@ -22,7 +22,7 @@ from sonodiff.core.cond import Cond
 from sonodiff.core.denoiser import check_sigma
 from sonodiff.core.shapes import bcast
 
-__all__ = ["ClassifierFreeGuidance", "GradientGuidance", "cfg_combine", "rescale_guidance"]
+__all__ = ["AutoGuidance", "ClassifierFreeGuidance", "GradientGuidance", "cfg_combine", "rescale_guidance"]
 
 Denoiser = Callable[[Tensor, Tensor, "Cond | None"], Tensor]
 
@@ -138,6 +138,57 @@ class ClassifierFreeGuidance:
         out = rescale_guidance(cfg_combine(d_cond, d_neg, self.scale), d_cond, self.rescale)
         if inside is not None:
             out = torch.where(bcast(inside, out), out, d_cond)
+        return out
+
+
+# =========================================================================== autoguidance
+class AutoGuidance:
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") as a denoiser.
+
+    D = D_guide + w (D_main - D_guide), both *conditional*: ``guide`` is a weaker model of the same task (smaller,
+    or trained for fewer steps / with a shorter EMA) taking the same ``cond``. Where classifier-free guidance
+    pushes away from the unconditional distribution (and so also changes the level and the spread of the
+    samples), autoguidance pushes away only from the guide's errors, which the main model has fewer of.
+    w = 1 returns the main model's estimate bit for bit; ``sigma_interval`` and ``rescale`` act as for
+    :class:`ClassifierFreeGuidance`. ``cond`` may be None (unconditional models can be autoguided too).
+
+    Args:
+        denoiser: the main model ``D(x [B, ...], sigma [B], cond) -> x0_hat``.
+        guide: the guiding model, same signature and the same data space (shape, normalisation).
+        scale: guidance weight w (float or ``[B]``).
+    """
+
+    def __init__(self, denoiser: Denoiser, guide: Denoiser, scale: float | Tensor, *, rescale: float = 0.0,
+                 sigma_interval: tuple[float, float] | None = None) -> None:
+        if not 0.0 <= rescale <= 1.0:
+            raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
+        if sigma_interval is not None:
+            lo, hi = sigma_interval
+            if not 0.0 <= lo < hi:
+                raise ValueError(f"sigma_interval must be (lo, hi) with 0 <= lo < hi, got {sigma_interval}")
+        if isinstance(scale, Tensor) and scale.ndim != 1:
+            raise ValueError(f"a tensor scale must have shape [B], got {tuple(scale.shape)}")
+        self.denoiser, self.guide, self.scale = denoiser, guide, scale
+        self.rescale, self.sigma_interval = float(rescale), sigma_interval
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+        check_sigma(x, sigma)
+        B = x.shape[0]
+        if cond is not None and cond.batch_size != B:
+            raise ValueError(f"cond has batch size {cond.batch_size}, x has {B}")
+        if isinstance(self.scale, Tensor) and self.scale.shape[0] != B:
+            raise ValueError(f"scale has shape {tuple(self.scale.shape)}, expected [{B}]")
+        inside = None
+        if self.sigma_interval is not None:
+            lo, hi = self.sigma_interval
+            inside = (sigma > lo) & (sigma <= hi)
+            if not bool(inside.any()):
+                return self.denoiser(x, sigma, cond)
+        d_main = self.denoiser(x, sigma, cond)
+        d_guide = self.guide(x, sigma, cond)
+        out = rescale_guidance(cfg_combine(d_main, d_guide, self.scale), d_main, self.rescale)
+        if inside is not None:
+            out = torch.where(bcast(inside, out), out, d_main)
         return out
 
 

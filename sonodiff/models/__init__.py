@@ -15,15 +15,25 @@ MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_TEXT_MODEL = "corpus_sfx_mel"  # what `sonodiff generate "..."` uses when it is shipped
 
 
-def list_models() -> dict[str, dict]:
-    """Shipped models: name -> summary (task, conditioning, sample rate, seconds, labels)."""
+def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
+    """Shipped models of ``kind`` ("diffusion", "vocoder"; None = all): name -> summary (kind, conditioning,
+    sample rate, seconds, labels; a vocoder: its kind, sample rate and mel bins)."""
     out = {}
     for d in sorted(MODELS_DIR.iterdir()):
         cfg = d / "config.json"
         if d.is_dir() and cfg.is_file():
             c = json.loads(cfg.read_text())
+            k = c.get("kind", "diffusion")
+            if kind is not None and k != kind:
+                continue
+            if k == "vocoder":
+                out[d.name] = {"path": str(d), "kind": "vocoder", "vocoder": c["vocoder"],
+                               "sample_rate": c["mel"]["sample_rate"], "n_mels": c["mel"]["n_mels"],
+                               "steps_trained": c["source"].get("step")}
+                continue
             cond = c["model"]["conditioning"]
             out[d.name] = {
+                "kind": "diffusion",
                 "path": str(d),
                 "conditioning": cond["type"],
                 "labels": cond.get("config", {}).get("labels"),
@@ -52,4 +62,4 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if isinstance(name_or_path, str) and "/" not in name_or_path and (MODELS_DIR / name_or_path).is_dir():
         return MODELS_DIR / name_or_path
     raise FileNotFoundError(f"model {str(name_or_path)!r} is neither a directory nor a shipped model; shipped: "
-                            f"{sorted(list_models())}")
+                            f"{sorted(list_models(None))}")

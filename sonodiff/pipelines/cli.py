@@ -227,10 +227,14 @@ def _edit(args) -> int:
 def _models(args) -> int:
     from sonodiff.models import list_models
 
-    models = list_models()
+    models = list_models(None)
     if not models:
         print("no shipped models")
     for name, m in models.items():
+        if m["kind"] == "vocoder":
+            print(f"{name:20s} {'vocoder':12s} {m['sample_rate']} Hz, {m['n_mels']} mel bins ({m['vocoder']}), trained "
+                  f"{m['steps_trained']} steps")
+            continue
         labels = f" labels={','.join(m['labels'])}" if m["labels"] else ""
         print(f"{name:20s} {m['conditioning']:12s} {m['sample_rate']} Hz, {m['seconds']} s, trained {m['steps_trained']} steps"
               f"{labels}")

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
 __all__ = ["features_to_audio", "crossfade_join", "equal_power_fade"]
 
 
-def features_to_audio(codec, z: Tensor, length: int | None = None) -> Tensor:
+def features_to_audio(codec, z: Tensor, length: int | None = None, vocoder=None) -> Tensor:
     """Features ``[B, C, ...]`` in diffusion space -> audio ``[B, C, T]`` at ``codec.sample_rate``.
 
-    Mel codecs are voiced with Griffin-Lim (:class:`sonodiff.audio.vocoder.GriffinLimVocoder`); ``length``
-    fixes the number of output samples (for mel: default (frames - 1) * hop).
+    Mel codecs are voiced by ``vocoder`` (:func:`sonodiff.audio.vocoders.load_vocoder`; None = Griffin-Lim with
+    the codec's settings); ``length`` fixes the number of output samples (for mel: default (frames - 1) * hop).
     """
     data = codec.decode(z.float())
     if codec.name == "mel":
-        from sonodiff.audio.features import MelConfig
-        from sonodiff.audio.vocoder import GriffinLimVocoder
+        if vocoder is None:
+            from sonodiff.audio.vocoders import load_vocoder
 
-        mc = MelConfig(**{f.name: getattr(codec.config, f.name) for f in dataclasses.fields(MelConfig)})
-        return GriffinLimVocoder(mc)(data, length=length)
+            vocoder = load_vocoder("griffin_lim", expect=codec.config)
+        return vocoder(data, length=length)
+    if vocoder is not None:
+        raise ValueError(f"a {codec.name!r} codec decodes to audio itself; it takes no vocoder")
     if length is not None:
         data = data[..., :length]
     return data

@@ -61,33 +61,115 @@ class Pipeline:
         self.model, self.codec, self.config, self.path = model, codec, config, str(path)
         self.device = torch.device("cpu")
         self.max_rows: int | None = CPU_MAX_ROWS  # see to(); None: no micro-batching
+        self.guide = None  # a weaker DiffusionModel of the same task: autoguidance (set_guide)
+        self.guide_path = ""
+        self.vocoder = None  # mel models: what voices the decoded log-mels (set_vocoder; None = Griffin-Lim)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "Pipeline":
-        """Load a shipped model by name (``sonodiff models``) or an exported directory."""
+                        dtype: torch.dtype = torch.float32, guide: str | Path | None = "model",
+                        vocoder: str | Path = "model") -> "Pipeline":
+        """Load a shipped model by name (``sonodiff models``) or an exported directory.
+
+        ``guide``: the autoguidance model (:meth:`set_guide`): ``"model"`` (default) loads the one the model's
+        ``sampling.guide`` names (a directory relative to the model's), if any; ``None``: none (classifier-free
+        guidance); or a model name / directory.
+        ``vocoder`` (mel models, :meth:`set_vocoder`): ``"model"`` (default) is the one the model's
+        ``audio.vocoder`` names; or ``"griffin_lim"``, a shipped vocoder name or a vocoder directory."""
         from sonodiff.models import resolve_model
         from sonodiff.models.model_dir import load_model_dir
 
         path = resolve_model(name_or_path)
         model, codec, config = load_model_dir(path)
-        return cls(model, codec, config, path).to(device, dtype)
+        pipe = cls(model, codec, config, path)
+        if isinstance(guide, str) and guide == "model":
+            own = config.get("sampling", {}).get("guide")
+            guide = Path(path) / own if own else None
+        if guide is not None:
+            pipe.set_guide(guide)
+        if codec.name == "mel":
+            pipe.set_vocoder(config["audio"].get("vocoder", "griffin_lim") if vocoder == "model" else vocoder)
+        elif vocoder not in ("model", None, "none"):
+            raise ValueError(f"{path}: a {codec.name!r} model decodes to audio itself; it takes no vocoder "
+                             f"(got vocoder={vocoder!r})")
+        return pipe.to(device, dtype)
+
+    def set_vocoder(self, vocoder: str | Path) -> "Pipeline":
+        """Voice this mel model's features with ``vocoder``: ``"griffin_lim"``, a shipped vocoder name or a
+        vocoder model directory (relative paths are tried against the model's directory first). A vocoder
+        trained on other mel settings than this model's codec is a clear error naming both."""
+        from sonodiff.audio.vocoders import load_vocoder
+
+        if self.codec.name != "mel":
+            raise ValueError(f"a {self.codec.name!r} model decodes to audio itself; it takes no vocoder")
+        self.vocoder = load_vocoder(vocoder, expect=self.codec.config, base=self.path or None)
+        return self
+
+    def set_guide(self, guide: "str | Path | Pipeline | None") -> "Pipeline":
+        """Guide with a weaker model of the same task (autoguidance, Karras et al. 2024) instead of the
+        unconditional branch: ``guidance_scale`` w then gives D_guide + w (D - D_guide). ``guide``: a model name,
+        an exported directory or a Pipeline; it must share this model's codec (same features and statistics)
+        and conditioning. ``None`` returns to classifier-free guidance."""
+        if guide is None:
+            self.guide, self.guide_path = None, ""
+            return self
+        if isinstance(guide, Pipeline):
+            other, where = guide, guide.path or "<pipeline>"
+        else:
+            from sonodiff.models import resolve_model
+            from sonodiff.models.model_dir import load_model_dir
+
+            gp = resolve_model(guide)
+            m, c, cfg = load_model_dir(gp)
+            other, where = Pipeline(m, c, cfg, gp), str(gp)
+        for key in ("conditioning",):
+            a, b = self.config["model"].get(key), other.config["model"].get(key)
+            if a != b:
+                raise ValueError(f"guide {where}: its model.{key} {b!r} differs from this model's {a!r}; "
+                                 f"autoguidance needs a guide of the same task")
+        mine, theirs = self.codec.config_dict(), other.codec.config_dict()
+        if mine != theirs or self._feature_shape() != other._feature_shape():
+            raise ValueError(f"guide {where}: its codec ({theirs}, features {other._feature_shape()}) differs from "
+                             f"this model's ({mine}, features {self._feature_shape()}); autoguidance needs the same "
+                             f"feature space")
+        ta, tb = self.codec.stats(), other.codec.stats()
+        if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):
+            raise ValueError(f"guide {where}: its codec statistics differ from this model's (fitted on other "
+                             f"data); autoguidance needs the same normalised feature space")
+        other.model.eval()
+        self.guide, self.guide_path = other.model, where
+        dev = next(self.model.parameters()).device
+        dt = next(self.model.denoiser.net.parameters()).dtype
+        self.guide.to(dev)
+        self.guide.denoiser.net.to(dtype=dt)
+        if getattr(self.guide.denoiser.net, "dims", None) == 2:
+            self.guide.denoiser.net.to(memory_format=torch.channels_last)
+        return self
+
+    def _guide_denoiser(self):
+        return None if self.guide is None else self.guide.denoiser
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Pipeline":
         """Move the network (and conditioner) to ``device`` / compute ``dtype``; sampling state stays float64."""
         if device is not None:
             self.device = torch.device(device)
             self.model.to(self.device)
+            if self.guide is not None:
+                self.guide.to(self.device)
             self.max_rows = CPU_MAX_ROWS if self.device.type == "cpu" else None
         if getattr(self.model.denoiser.net, "dims", None) == 2:
             # 2-D nets run their convolutions in channels-last (NHWC) layout: oneDNN and cuDNN pick faster
             # kernels for it (about 15% per step on 2 CPU cores for corpus_sfx_mel); numerics stay fp32.
             self.model.denoiser.net.to(memory_format=torch.channels_last)
+            if self.guide is not None:
+                self.guide.denoiser.net.to(memory_format=torch.channels_last)
         if dtype is not None:
             if dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
             self.model.denoiser.net.to(dtype=dtype)
+            if self.guide is not None:
+                self.guide.denoiser.net.to(dtype=dtype)
         return self
 
     # ------------------------------------------------------------------ facts
@@ -285,8 +367,8 @@ class Pipeline:
         cond, negative = self._conds(rows, negative_prompt, duration_s)
         z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
                              cond=cond, negative=negative, callback=callback, device=self.device, max_rows=self.max_rows,
-                             **sp)
-        audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)))
+                             guide=self._guide_denoiser(), **sp)
+        audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)), vocoder=self.vocoder)
         return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
 
     def best_of(self, prompts, scorer: Callable[[Tensor, int, list], Tensor], num_candidates: int = 4,
@@ -323,7 +405,7 @@ class Pipeline:
         cond, negative = self._conds(rows, negative_prompt, duration_s, start_s)
         D = guided_denoiser(self.model.denoiser, cond, negative=negative, guidance_scale=sampling["guidance_scale"],
                             guidance_interval=sampling["guidance_interval"], cfg_rescale=sampling["cfg_rescale"],
-                            max_rows=self.max_rows)
+                            max_rows=self.max_rows, guide=self._guide_denoiser())
         return D, cond
 
     def _grid(self, sampling: dict) -> Tensor:
@@ -370,7 +452,7 @@ class Pipeline:
         mask = torch.ones_like(z, dtype=torch.bool)
         mask[..., max(f0, 0):min(f1, z.shape[-1])] = False
         out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method, sp, dur)
-        gen = features_to_audio(self.codec, out.float().cpu(), length=T)
+        gen = features_to_audio(self.codec, out.float().cpu(), length=T, vocoder=self.vocoder)
         a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
         res = torch.stack([_splice(audio, g, a, b, int(FADE_S * sample_rate)) for g in gen])
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
@@ -396,7 +478,7 @@ class Pipeline:
         x_known, mask = continuation_inputs(z[..., :known_frames].expand(len(rows), *z.shape[1:-1], known_frames), total)
         out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace", sp, duration_s)
         n_out = int(round(duration_s * sample_rate))
-        gen = features_to_audio(self.codec, out.float().cpu(), length=n_out)
+        gen = features_to_audio(self.codec, out.float().cpu(), length=n_out, vocoder=self.vocoder)
         fade = int(FADE_S * sample_rate)
         res = torch.stack([_splice(torch.nn.functional.pad(audio, (0, n_out - T)), g, T, n_out, fade) for g in gen])
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
@@ -425,7 +507,7 @@ class Pipeline:
         x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,
                                generator=gens)
         out = sample(D, x, grid, sp["sampler"], cond=cond, generator=gens, **sp["sampler_options"]) if len(grid) > 1 else x
-        res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1])
+        res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1], vocoder=self.vocoder)
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
 
     # ------------------------------------------------------------------ long-form
@@ -459,7 +541,7 @@ class Pipeline:
             win_seeds = [s * 1_000_003 + k for s in seeds]  # window k of sample s: independent of the batch
             if z_prev is None:
                 z = generate_latents(self.model.denoiser, shape + (W,), win_seeds, cond=cond, negative=negative,
-                                     device=self.device, max_rows=self.max_rows, **sp)
+                                     device=self.device, max_rows=self.max_rows, guide=self._guide_denoiser(), **sp)
             else:
                 x_known = torch.zeros((len(rows),) + shape + (W,), dtype=torch.float64, device=self.device)
                 x_known[..., :O] = z_prev[..., -O:]
@@ -467,7 +549,7 @@ class Pipeline:
                 mask[..., :O] = True
                 z = self._edit_sample(x_known, mask, rows, win_seeds, negative_prompt, "replace", sp, duration_s,
                                       start_s=k * (W - O) * hop_s).float()
-            audio = features_to_audio(self.codec, z.cpu(), length=int(round((W - 1) * hop_s * self.sample_rate)))
+            audio = features_to_audio(self.codec, z.cpu(), length=int(round((W - 1) * hop_s * self.sample_rate)), vocoder=self.vocoder)
             ov = int(round((O - 1) * hop_s * self.sample_rate))
             if prev_tail is None:
                 chunk, tail = audio[..., :-ov], audio[..., -ov:]

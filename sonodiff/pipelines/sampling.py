@@ -112,11 +112,23 @@ class MicroBatched:
 
 def guided_denoiser(denoiser, cond: Cond | None, *, negative: Cond | None = None, guidance_scale: float = 1.0,
                     guidance_interval: tuple[float, float] | None = None, cfg_rescale: float = 0.0,
-                    max_rows: int | None = None):
+                    max_rows: int | None = None, guide=None):
     """The denoiser the samplers call: micro-batched when ``max_rows`` is set, wrapped in classifier-free
     guidance when ``cond`` is given and ``guidance_scale != 1`` (limited to ``guidance_interval``, rescaled by
-    ``cfg_rescale`` = phi of Lin et al. 2024 in x0 space)."""
+    ``cfg_rescale`` = phi of Lin et al. 2024 in x0 space). With a ``guide`` denoiser (a weaker model of the same
+    task) the guidance is autoguidance instead (Karras et al. 2024): the guide's conditional estimate takes the
+    place of the unconditional one, with the same scale, interval and rescale."""
     D = MicroBatched(denoiser, max_rows) if max_rows else denoiser
+    if guide is not None:
+        if negative is not None:
+            raise ValueError("autoguidance (a guide model) takes no negative conditioning: the guide's own "
+                             "conditional estimate is the negative branch")
+        if guidance_scale == 1.0:
+            return D
+        from sonodiff.core.guidance import AutoGuidance
+
+        G = MicroBatched(guide, max_rows) if max_rows else guide
+        return AutoGuidance(D, G, guidance_scale, rescale=cfg_rescale, sigma_interval=guidance_interval)
     if cond is not None and guidance_scale != 1.0:
         from sonodiff.core.guidance import ClassifierFreeGuidance
 
@@ -156,6 +168,7 @@ def generate_latents(
     sampler_options: dict | None = None,
     device: torch.device | str = "cpu",
     max_rows: int | None = None,
+    guide=None,
 ) -> Tensor:
     """Sample ``len(seeds)`` examples of ``shape`` (per example, ``[C, ...]``) -> ``[B, *shape]`` float32.
 
@@ -166,6 +179,7 @@ def generate_latents(
     ``schedule``, ``schedule_options``: the sigma grid (:func:`sampling_grid`); ``sampler_options``: the sampler's
     keyword options (checked against its signature).
     ``max_rows``: evaluate the network on at most this many rows at a time (:class:`MicroBatched`).
+    ``guide``: a weaker denoiser of the same task: autoguidance instead of classifier-free guidance.
     ``x_init``: a start state at the grid's first sigma instead of fresh noise (editing).
     """
     gens = seed_generators(list(seeds))
@@ -177,7 +191,7 @@ def generate_latents(
         x = x_init.to(torch.float64)
     x = x.to(device)
     D = guided_denoiser(denoiser, cond, negative=negative, guidance_scale=guidance_scale,
-                        guidance_interval=guidance_interval, cfg_rescale=cfg_rescale, max_rows=max_rows)
+                        guidance_interval=guidance_interval, cfg_rescale=cfg_rescale, max_rows=max_rows, guide=guide)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,
                  **sampler_options)

@@ -25,6 +25,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "DemoConfig",
+    "VocoderConfig",
     "Config",
     "load_config",
     "sampling_defaults",
@@ -265,8 +266,41 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class VocoderConfig:
+    """The ``task = "vocoder"`` recipe section: a GAN vocoder (:class:`sonodiff.audio.neural_vocoder.NeuralVocoder`)
+    trained on waveform crops of ``data.root`` (``data.seconds`` long) and their log-mels under the recipe's
+    ``codec`` settings (a mel codec: the vocoder voices exactly the features that codec decodes to).
+
+    Losses (HiFi-GAN / Vocos): ``mel_weight`` x mel L1 + ``stft_weight`` x multi-resolution STFT loss, and after
+    ``warmup_steps`` reconstruction-only steps also ``adv_weight`` x the adversarial loss (``adversarial``: hinge
+    or least squares) of the multi-period and multi-resolution discriminators + ``fm_weight`` x their feature
+    matching loss. The discriminators step first at each adversarial step, with lr ``optim.lr * d_lr_ratio``.
+    """
+
+    generator: dict = _field(default_factory=dict)  # NeuralVocoderConfig architecture overrides (dim, num_layers, ...)
+    discriminator: dict = _field(default_factory=dict)  # DiscriminatorConfig overrides
+    adversarial: Literal["hinge", "lsgan"] = "hinge"
+    warmup_steps: int = 0
+    mel_weight: float = 45.0
+    stft_weight: float = 1.0
+    adv_weight: float = 1.0
+    fm_weight: float = 2.0
+    d_lr_ratio: float = 1.0
+    demo_clips: int = 4  # validation clips resynthesised at each demo
+
+    def __post_init__(self) -> None:
+        for name in ("mel_weight", "stft_weight", "adv_weight", "fm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vocoder.{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.d_lr_ratio <= 0 or self.demo_clips < 0:
+            raise ValueError(f"need vocoder.warmup_steps >= 0, vocoder.d_lr_ratio > 0 and vocoder.demo_clips >= 0; got "
+                             f"{self.warmup_steps}, {self.d_lr_ratio}, {self.demo_clips}")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
+    task: str = "diffusion"  # a key of sonodiff.training.tasks.TASKS: what this recipe trains
     data: DataConfig = _field(default_factory=DataConfig)
     codec: CodecConfig = _field(default_factory=CodecConfig)
     model: ModelConfig = _field(default_factory=ModelConfig)
@@ -274,10 +308,13 @@ class Config:
     optim: OptimConfig = _field(default_factory=OptimConfig)
     train: TrainConfig = _field(default_factory=TrainConfig)
     demo: DemoConfig = _field(default_factory=DemoConfig)
+    vocoder: VocoderConfig = _field(default_factory=VocoderConfig)
 
     def __post_init__(self) -> None:
         from sonodiff.core.schedules import model_sigmas
+        from sonodiff.training.tasks import TASKS
 
+        _check_name("task", self.task, TASKS, "training task")
         try:  # the demo grid over the model's noise range: schedule options are checked by building it
             model_sigmas(self.demo.schedule, self.demo.steps, self.model.sigma_min, self.model.sigma_max,
                          **self.demo.schedule_options)

@@ -59,10 +59,12 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     if ckpt is None or not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"no complete checkpoint {checkpoint!r} in {root}")
     _, ema_state, _, meta = load_checkpoint(ckpt)
+    c = run["config"]
+    if c.get("task", "diffusion") == "vocoder":
+        return _export_vocoder(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
     # the run's own fitted codec (runs started before runs kept one: the feature cache's, as they were trained)
     codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
                        else Path(run["feature_dir"]) / "codec")
-    c = run["config"]
     source = {"name": c["name"], "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
               "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
               "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]}
@@ -77,6 +79,23 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         **model_sections(c, codec),
         source=source,
     )
+
+
+def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:
+    """A vocoder run's model directory (:func:`sonodiff.audio.vocoders.save_vocoder_dir`): the generator's EMA."""
+    from sonodiff.audio.neural_vocoder import NeuralVocoderConfig
+    from sonodiff.audio.vocoders import save_vocoder_dir
+
+    c, spec = run["config"], run["model"]
+    source = {"name": c["name"], "task": "vocoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
+              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]}
+    state = ema_state
+    if ema_sigma_rel is not None:
+        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    gcfg = NeuralVocoderConfig.from_dict(spec["config"])
+    return save_vocoder_dir(out, kind="neural", mel=gcfg.mel_config(), config=spec["config"], state=state,
+                            source=source)
 
 
 def _posthoc_weights(run_dir: Path, step: int, sigma_rel: float, ema_state: dict) -> tuple[dict, dict]:

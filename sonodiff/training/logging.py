@@ -61,8 +61,9 @@ class MetricsLogger:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Rows of ``metrics.jsonl`` by step, ascending.
 
-    A torn last line from a kill is ignored; steps logged twice (logged, then killed before the next
-    checkpoint, then re-run after resuming) keep their latest row, which is the one the model continued from.
+    The rows written for one step (training scalars, then e.g. the validation loss) are merged into one. A torn
+    last line from a kill is ignored; steps logged twice (logged, then killed before the next checkpoint, then
+    re-run after resuming) keep their latest values, which are the ones the model continued from.
     """
     by_step: dict[int, dict] = {}
     p = Path(run_dir) / "metrics.jsonl"
@@ -73,5 +74,5 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        by_step[row["step"]] = row
+        by_step.setdefault(row["step"], {}).update(row)
     return [by_step[k] for k in sorted(by_step)]

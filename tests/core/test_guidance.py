@@ -208,3 +208,61 @@ def test_gradient_guidance_formula_and_scale():
         torch.testing.assert_close(GradientGuidance(gm, score, scale)(x, sigma), got)
     with pytest.raises(ValueError, match="one score per example"):
         GradientGuidance(gm, lambda x0, s, c: x0.sum(), 1.0)(x, sigma)
+
+
+# ----------------------------------------------------------------------------------------------- autoguidance
+def _gauss_denoiser(mu: float, var: float):
+    """Exact denoiser of N(mu, var) in every dimension: D(x, sigma) = mu + var / (var + sigma^2) (x - mu)."""
+    def D(x, sigma, cond=None):
+        s2 = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return mu + var / (var + s2) * (x - mu)
+    return D
+
+
+def test_autoguidance_is_the_score_combination_of_the_two_models():
+    """D_g + w (D - D_g) is x + sigma^2 (w score_main + (1 - w) score_guide): the guided density p_main^w
+    p_guide^(1-w) at each noise level (Karras et al. 2024, eq. 2), here for two exact Gaussian denoisers."""
+    from sonodiff.core.guidance import AutoGuidance
+
+    main, guide = _gauss_denoiser(0.5, 0.3), _gauss_denoiser(0.5, 0.9)  # the guide is the blurrier model
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=F64) * 2
+    sigma = torch.tensor([0.01, 0.1, 0.5, 1.0, 3.0, 10.0], dtype=F64)
+    for w in (0.0, 1.0, 2.5):
+        out = AutoGuidance(main, guide, w)(x, sigma, None)
+        s2 = sigma.reshape(-1, 1) ** 2
+        score = w * -(x - 0.5) / (0.3 + s2) + (1 - w) * -(x - 0.5) / (0.9 + s2)
+        torch.testing.assert_close(out, x + s2 * score, rtol=1e-12, atol=1e-12)
+    assert torch.equal(AutoGuidance(main, guide, 1.0)(x, sigma, None), main(x, sigma))
+
+
+def test_autoguidance_interval_and_conditioning_reach_both_models():
+    from sonodiff.core.guidance import AutoGuidance
+
+    seen = []
+
+    def main(x, sigma, cond):
+        seen.append(("main", cond))
+        return x * 0.5 + cond.pooled[:, :1]
+
+    def guide(x, sigma, cond):
+        seen.append(("guide", cond))
+        return x * 0.25
+
+    cond = Cond(pooled=torch.ones(4, 2, dtype=F64))
+    x = torch.ones(4, 2, dtype=F64)
+    sigma = torch.tensor([0.1, 1.0, 2.0, 20.0], dtype=F64)
+    ag = AutoGuidance(main, guide, 2.0, sigma_interval=(0.5, 5.0))
+    out = ag(x, sigma, cond)
+    assert all(c is cond for _, c in seen)  # the guide gets the same (conditional) Cond, no null branch
+    inside = torch.tensor([False, True, True, False])
+    want = torch.where(inside[:, None], 0.25 + 2.0 * (1.5 - 0.25), torch.full_like(x, 1.5))
+    torch.testing.assert_close(out, want)
+    seen.clear()
+    ag(x, torch.full((4,), 50.0, dtype=F64), cond)
+    assert [k for k, _ in seen] == ["main"]  # no row inside the interval: the guide is not evaluated
+    with pytest.raises(ValueError, match="sigma_interval"):
+        AutoGuidance(main, guide, 2.0, sigma_interval=(3.0, 1.0))
+    with pytest.raises(ValueError, match="rescale"):
+        AutoGuidance(main, guide, 2.0, rescale=1.5)
+    with pytest.raises(ValueError, match="batch size"):
+        ag(x, sigma, Cond(pooled=torch.ones(3, 2, dtype=F64)))

@@ -217,3 +217,54 @@ def test_micro_batching_gives_the_same_samples(tiny_model_dir):
     with pytest.raises(ValueError, match="max_rows"):
         from sonodiff.pipelines.sampling import MicroBatched
         MicroBatched(pipe.model.denoiser, 0)
+
+
+# ----------------------------------------------------------------------------------------------- autoguidance
+def test_autoguidance_with_a_guide_model(tiny_model_dir, tmp_path):
+    """A guide model replaces the unconditional branch: w = 1 is the main model alone, another w changes the
+    output, a model dir can name its own guide (sampling.guide), and a guide of another task is refused."""
+    import json
+    import shutil
+
+    from tests.pipelines.conftest import make_model_dir
+    from sonodiff.pipelines import Pipeline
+
+    guide_dir = make_model_dir(tmp_path / "guide", seed=1)
+    # the guide must share the codec statistics: give it the main model's codec
+    shutil.rmtree(guide_dir / "codec")
+    shutil.copytree(tiny_model_dir / "codec", guide_dir / "codec")
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
+    plain = pipe(["high", "low"], seeds=[0, 1], guidance_scale=1.0).audio
+    cfg = pipe(["high", "low"], seeds=[0, 1], guidance_scale=3.0).audio
+    pipe.set_guide(guide_dir)
+    assert torch.equal(pipe(["high", "low"], seeds=[0, 1], guidance_scale=1.0).audio, plain)
+    auto = pipe(["high", "low"], seeds=[0, 1], guidance_scale=3.0).audio
+    assert not torch.allclose(auto, cfg) and not torch.allclose(auto, plain)
+    with pytest.raises(ValueError, match="negative"):
+        pipe(["high", "low"], seeds=[0, 1], guidance_scale=3.0, negative_prompt="low")
+    pipe.set_guide(None)
+    assert torch.equal(pipe(["high", "low"], seeds=[0, 1], guidance_scale=3.0).audio, cfg)
+
+    own = tmp_path / "with_guide"
+    shutil.copytree(tiny_model_dir, own)
+    shutil.copytree(guide_dir, own / "guide")
+    c = json.loads((own / "config.json").read_text())
+    c["sampling"]["guide"] = "guide"
+    (own / "config.json").write_text(json.dumps(c))
+    p2 = Pipeline.from_pretrained(own)
+    assert p2.guide is not None
+    assert torch.equal(p2(["high", "low"], seeds=[0, 1], guidance_scale=3.0).audio, auto)
+    assert Pipeline.from_pretrained(own, guide=None).guide is None
+
+    other = make_model_dir(tmp_path / "uncond", conditioning="none")
+    with pytest.raises(ValueError, match="conditioning"):
+        pipe.set_guide(other)
+    refit = make_model_dir(tmp_path / "refit", seed=2)  # same settings, its own codec statistics
+    from sonodiff.audio.codecs import load_codec
+
+    codec = load_codec(refit / "codec")
+    for b in codec.buffers():
+        b.add_(0.1)
+    codec.save(refit / "codec")
+    with pytest.raises(ValueError, match="statistics"):
+        pipe.set_guide(refit)

@@ -2,6 +2,7 @@
 (crop start and item length from the data path), composed text + timing, and no global RNG."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from sonodiff.training.build import build_model, needs_labels
 from sonodiff.training.config import load_config, sampling_defaults
 from sonodiff.training.data import PositionOrder
 from sonodiff.training.logging import read_metrics
-from sonodiff.training.loop import _make_batch, _prepare_data, train
+from sonodiff.training.loop import train
+from sonodiff.training.tasks.diffusion import DiffusionTask
 from sonodiff.utils.config import ConfigError
 from tests.conditioning.conftest import tiny_text_dirs  # noqa: F401  (fixture: tiny T5 saved to a temp dir)
 
@@ -28,6 +30,19 @@ def _cfg(root, *extra, steps=3, batch=2):
     return load_config({}, small_overrides(root, run_steps=steps, batch=batch, extra=["data.prepare_workers=1",
                                                                                       "data.valid_split=",
                                                                                       "demo.steps=2", *extra]))
+
+
+def _prepare_data(cfg, rank, log):
+    task = DiffusionTask(cfg, Path("unused"), torch.device("cpu"), rank, 1, log)
+    task.prepare()
+    return task.feature_dir
+
+
+def _make_batch(ds, order, positions, cfg, model, device):
+    """The diffusion task's batch at ``positions`` with the given dataset, order and model."""
+    task = DiffusionTask(cfg, Path("unused"), torch.device(device), 0, 1, QUIET)
+    task.ds, task.order, task.model = ds, order, model
+    return task.batch(positions)
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,25 @@ def test_resume_with_a_different_model_config_is_refused_clearly(tones_dir, tmp_
     other = load_config(RECIPE, small_overrides(tones_dir, run_steps=4, batch=2, extra=["model.sigma_data=0.7"]))
     with pytest.raises(ValueError, match=r"different config.*model\.sigma_data"):
         train(other, run, log=lambda *a: None)
+
+
+def test_engine_reproduces_the_diffusion_loop_it_replaced(tones_dir, tmp_path):
+    """The diffusion trainer on the task engine computes what the loop before it computed, step for step (a
+    golden written by that loop at commit 031d3b0), and a run stopped at its step-6 checkpoint and resumed
+    continues exactly: existing runs and recipes resume and train as before."""
+    from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    golden = json.loads((Path(__file__).parent / "golden" / "tiny_debug_losses.json").read_text())
+    over = small_overrides(tones_dir, run_steps=12, batch=4, extra=["train.log_every=1", "train.checkpoint_every=6"])
+    res = train(load_config(RECIPE, over), tmp_path / "run", log=lambda *a: None)
+    assert list(res.losses) == pytest.approx(golden["losses"], rel=1e-6, abs=0)
+    _, ema, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert float(sum(v.double().sum() for v in ema.values())) == pytest.approx(golden["ema_sum"], rel=1e-9)
+    # the same run from its step-6 checkpoint (the later ones removed): same losses, same weights
+    shutil.copytree(tmp_path / "run", tmp_path / "again")
+    shutil.rmtree(tmp_path / "again" / "checkpoints" / "step_00000012")
+    (tmp_path / "again" / "checkpoints" / "latest").unlink(missing_ok=True)
+    more = train(load_config(RECIPE, over), tmp_path / "again", log=lambda *a: None)
+    assert list(more.losses) == list(res.losses[6:])
+    _, ema2, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "again" / "checkpoints"))
+    assert all(torch.equal(ema[k], ema2[k]) for k in ema)

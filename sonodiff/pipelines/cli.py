@@ -29,7 +29,10 @@ def _pipe(args):
         from sonodiff.utils.malloc import keep_freed_memory
 
         keep_freed_memory()  # this process only generates: reuse freed pages instead of faulting them in anew
-    return Pipeline.from_pretrained(args.model or default_model(), device=device, dtype=dtype)
+    guide = getattr(args, "guide", None)
+    return Pipeline.from_pretrained(args.model or default_model(), device=device, dtype=dtype,
+                                    guide="model" if guide is None else None if guide == "none" else guide,
+                                    vocoder=getattr(args, "vocoder", None) or "model")
 
 
 def _provenance(pipe, args, prompt, seed, **extra) -> dict:
@@ -48,7 +51,17 @@ def _provenance(pipe, args, prompt, seed, **extra) -> dict:
             # the model as the user named it (a shipped name, or the path as given), never this machine's path
             "model": str(args.model) if args.model else pipe.config["source"].get("name"),
             "model_name": pipe.config["source"].get("name"), "weights_sha256_16": pipe.config.get("weights_sha256_16"),
+            "vocoder": _short(pipe.vocoder.name) if pipe.vocoder is not None else None,
+            "guide": _short(pipe.guide_path) if pipe.guide is not None else None,
             "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
+
+
+def _short(path: str) -> str:
+    """A shipped part by its name, anything else as given (no machine-specific absolute paths in sidecars)."""
+    from sonodiff.models import MODELS_DIR
+
+    p = Path(path)
+    return p.name if p.parent == MODELS_DIR or MODELS_DIR in p.parents else str(path)
 
 
 def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, features=None) -> None:
@@ -262,6 +275,11 @@ def _common(p, out_default: str | None) -> None:
                    help="guide only at noise levels LO < sigma <= HI (faster: the unconditional branch is skipped "
                         "elsewhere); 'all' guides every step (default: the model's setting)")
     p.add_argument("--negative", help="negative prompt (replaces the unconditional branch of guidance)")
+    p.add_argument("--guide", metavar="NAME|DIR|none",
+                   help="autoguidance (Karras et al. 2024): guide with this weaker model of the same task instead of "
+                        "the unconditional branch ('none': classifier-free guidance; default: the model's own setting)")
+    p.add_argument("--vocoder", metavar="NAME|DIR",
+                   help="mel models: griffin_lim, a shipped vocoder or a vocoder directory (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first output; output k uses seed+k")
     p.add_argument("--spectrogram", action="store_true", help="also write a PNG spectrogram next to each output")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")

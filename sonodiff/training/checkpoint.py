@@ -114,8 +114,9 @@ def load_checkpoint_weights(path: str | Path, name: str, device: torch.device | 
     return load_file(str(f), device=str(device))
 
 
-def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints and stale temporary folders."""
+def prune_checkpoints(ckpt_root: str | Path, keep_last: int, keep: tuple[str, ...] = ()) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints (and those named in ``keep``) and stale
+    temporary folders."""
     root = Path(ckpt_root)
     if not root.is_dir():
         return
@@ -124,7 +125,7 @@ def prune_checkpoints(ckpt_root: str | Path, keep_last: int) -> None:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     latest = latest_checkpoint(root)
     for p in list_checkpoints(root)[:-keep_last]:
-        if p != latest:
+        if p != latest and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
 
 

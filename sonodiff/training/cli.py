@@ -41,7 +41,9 @@ def _export(args) -> int:
     from sonodiff.training.export import export_run
 
     try:
-        out = export_run(args.run_dir, args.out, args.checkpoint, ema_sigma_rel=args.ema_sigma_rel)
+        out = export_run(args.run_dir, args.out, args.checkpoint, ema_sigma_rel=args.ema_sigma_rel,
+                         guide=None if args.guide is None else "" if args.guide == "none" else args.guide,
+                         guidance_scale=args.guidance_scale, vocoder=args.vocoder)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,4 +68,12 @@ def add_parser(sub) -> None:
     p.add_argument("--ema-sigma-rel", type=float, default=None, metavar="S",
                    help="export the post-hoc EMA of relative length S (e.g. 0.08), reconstructed from the run's "
                         "train.posthoc_ema snapshots (Karras et al. 2024), instead of the run's EMA")
+    p.add_argument("--guide", metavar="CHECKPOINT|none",
+                   help="autoguidance: export this checkpoint of the run (e.g. step_00001450) as the guide model "
+                        "(MODEL_DIR/guide); 'none': classifier-free guidance (default: the recipe's demo.guide)")
+    p.add_argument("--vocoder", metavar="NAME|DIR",
+                   help="mel models: the exported model's vocoder (griffin_lim, a shipped vocoder such as vocoder_8k, "
+                        "or a vocoder directory; default: the recipe's demo.vocoder)")
+    p.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="the exported default guidance scale (default: the recipe's demo.guidance_scale)")
     p.set_defaults(func=_export)

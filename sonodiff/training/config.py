@@ -246,9 +246,24 @@ class DemoConfig:
     guidance_interval: tuple[float, float] | None = None
     seconds: float = 0.0  # 0 = data.seconds
     max_window_seconds: float = 0.0  # longest clip the exported model generates in one pass; 0 = data.seconds
+    # Autoguidance (Karras et al. 2024): a checkpoint of this run, e.g. "step_00001450", whose EMA weights guide
+    # sampling in place of the unconditional branch (guidance_scale is then the autoguidance weight w). It is kept
+    # from checkpoint pruning and exported into MODEL_DIR/guide, its weights stored as guide_dtype. Empty = CFG.
+    # Training demos use classifier-free guidance (the guide may not exist yet).
+    guide: str = ""
+    guide_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # mel models: what voices them, in demos and in the exported model (audio.vocoder): griffin_lim, a shipped
+    # vocoder name (e.g. vocoder_8k) or a vocoder model directory
+    vocoder: str = "griffin_lim"
 
     def __post_init__(self) -> None:
+        import re
+
         from sonodiff.core import SAMPLERS, SCHEDULES
+
+        if self.guide and not re.fullmatch(r"step_\d{8}", self.guide):
+            raise ValueError(f"demo.guide={self.guide!r} must name a checkpoint of the run, e.g. 'step_00001450' "
+                             "(or be empty: classifier-free guidance)")
 
         _check_name("demo.sampler", self.sampler, SAMPLERS, "sampler")
         _check_name("demo.schedule", self.schedule, SCHEDULES, "schedule")
@@ -315,6 +330,12 @@ class Config:
         from sonodiff.training.tasks import TASKS
 
         _check_name("task", self.task, TASKS, "training task")
+        if self.demo.guide:
+            g = int(self.demo.guide[5:])
+            if not 0 < g < self.train.steps or g % self.train.checkpoint_every:
+                raise ValueError(f"demo.guide={self.demo.guide!r}: the run writes checkpoints every "
+                                 f"train.checkpoint_every={self.train.checkpoint_every} steps up to train.steps="
+                                 f"{self.train.steps}; the guide must be one of them before the last")
         try:  # the demo grid over the model's noise range: schedule options are checked by building it
             model_sigmas(self.demo.schedule, self.demo.steps, self.model.sigma_min, self.model.sigma_max,
                          **self.demo.schedule_options)
@@ -334,6 +355,7 @@ def sampling_defaults(config: dict) -> dict:
             "schedule": d["schedule"], "schedule_options": dict(d.get("schedule_options", {})),
             "num_steps": d["steps"], "guidance_scale": d["guidance_scale"], "cfg_rescale": d.get("cfg_rescale", 0.0),
             "guidance_interval": list(d["guidance_interval"]) if d.get("guidance_interval") else None,
+            "guide": "guide" if d.get("guide") else None,
             "sigma_min": m["sigma_min"], "sigma_max": m["sigma_max"]}
 
 

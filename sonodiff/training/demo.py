@@ -69,7 +69,12 @@ def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, devi
                          cfg_rescale=d.cfg_rescale, num_steps=d.steps, sampler=d.sampler,
                          sampler_options=d.sampler_options, schedule=d.schedule, schedule_options=d.schedule_options,
                          sigma_min=cfg.model.sigma_min, sigma_max=cfg.model.sigma_max, device=device)
-    audio = features_to_audio(codec, z.cpu())
+    vocoder = None
+    if codec.name == "mel":
+        from sonodiff.audio.vocoders import load_vocoder
+
+        vocoder = load_vocoder(d.vocoder, expect=codec.config)
+    audio = features_to_audio(codec, z.cpu(), vocoder=vocoder)
     out = Path(run_dir) / "demos" / f"step_{step:08d}"
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 __all__ = ["export_run", "model_sections"]
 
 
@@ -32,18 +34,24 @@ def model_sections(config: dict, codec) -> dict[str, dict]:
     return {
         "sampling": sampling_defaults(config),
         "audio": {"sample_rate": codec.sample_rate, "seconds": seconds, "frames": frames_for_seconds(codec, seconds),
-                  "codec": codec.name, "vocoder": "griffin_lim" if codec.name == "mel" else "none",
+                  "codec": codec.name, "vocoder": config["demo"].get("vocoder", "griffin_lim") if codec.name == "mel"
+                  else "none",
                   "max_window_seconds": window},
     }
 
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
-               ema_sigma_rel: float | None = None) -> Path:
+               ema_sigma_rel: float | None = None, guide: str | None = None,
+               guidance_scale: float | None = None, vocoder: str | None = None) -> Path:
     """Export a run's EMA weights (``checkpoint``: "latest", "best" or a folder name such as step_00001000).
 
     ``ema_sigma_rel``: export the post-hoc EMA with that sigma_rel instead, reconstructed from the run's snapshots
     up to the checkpoint's step (at the last snapshot at or before it); ``source.ema`` then records
     ``{"kind": "posthoc", "sigma_rel", "gamma", "at_step", "profile_error", "snapshots", "coefficients"}``.
+    ``guide``: a checkpoint of the run whose EMA weights become the autoguidance model (``OUT/guide``, stored as
+    ``demo.guide_dtype``); None = the run's ``demo.guide``, "" = none. ``guidance_scale``: the exported default
+    guidance weight instead of ``demo.guidance_scale``. ``vocoder``: the exported ``audio.vocoder`` instead of
+    ``demo.vocoder`` (checked against the codec). Export-time choices are recorded in ``source``.
     """
     from sonodiff.audio.codecs import load_codec
     from sonodiff.models.model_dir import save_model_dir
@@ -71,12 +79,51 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     state = ema_state
     if ema_sigma_rel is not None:
         state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    sections = model_sections(c, codec)
+    if guidance_scale is not None:
+        if not guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        sections["sampling"]["guidance_scale"] = float(guidance_scale)
+        source["export_guidance_scale"] = float(guidance_scale)
+    if vocoder is not None:
+        from sonodiff.audio.vocoders import load_vocoder
+
+        if codec.name != "mel":
+            raise ValueError(f"a {codec.name!r} model takes no vocoder (got vocoder={vocoder!r})")
+        load_vocoder(vocoder, expect=codec.config)  # refuses a vocoder of other mel settings, naming both
+        sections["audio"]["vocoder"] = vocoder
+        source["export_vocoder"] = vocoder
+    run_guide = c["demo"].get("guide", "")
+    guide = run_guide if guide is None else guide
+    if guide != run_guide:
+        source["export_guide"] = guide
+    out = Path(out)
+    if guide:
+        gck = root / guide
+        if not (gck / "meta.json").is_file():
+            raise FileNotFoundError(f"guide checkpoint {guide!r} is not a complete checkpoint in {root}")
+        _, g_state, _, g_meta = load_checkpoint(gck)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c["demo"].get("guide_dtype", "bfloat16")]
+        g_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in g_state.items()}
+        save_model_dir(out / "guide", model_state=g_state, spec=run["model"], codec=codec,
+                       **{k: {**v, "guide": None} if k == "sampling" else v for k, v in sections.items()},
+                       source={**source, "checkpoint": gck.name, "step": g_meta["step"],
+                               "samples": g_meta.get("samples"), "role": "autoguidance guide",
+                               "dtype": str(dtype).replace("torch.", "")})
+        sections["sampling"]["guide"] = "guide"
+        source["guide"] = {"checkpoint": gck.name, "step": g_meta["step"]}
+    else:
+        sections["sampling"]["guide"] = None
+        if (out / "guide").is_dir():  # a guide of an earlier export would be picked up by nothing, but mislead
+            import shutil
+
+            shutil.rmtree(out / "guide")
     return save_model_dir(
         out,
         model_state=state,
         spec=run["model"],
         codec=codec,
-        **model_sections(c, codec),
+        **sections,
         source=source,
     )
 

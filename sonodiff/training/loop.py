@@ -328,7 +328,7 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
                 if vloss is not None and vloss < best:
                     best = vloss
                     save_best(ckpt_root, ckpt, vloss)
-                prune_checkpoints(ckpt_root, cfg.train.keep_last)
+                prune_checkpoints(ckpt_root, cfg.train.keep_last, keep=task.protected_checkpoints())
             if dist.is_initialized():
                 dist.barrier()
         if stop.requested(world, device):

@@ -97,6 +97,10 @@ class Task:
         raise NotImplementedError
 
     # --- hooks ----------------------------------------------------------------------------------
+    def protected_checkpoints(self) -> tuple[str, ...]:
+        """Checkpoint folder names that pruning keeps (e.g. an autoguidance guide)."""
+        return ()
+
     def save_run_files(self) -> None:
         """Files the run keeps beside its checkpoints (rank 0, once the run directory exists)."""
 

@@ -159,3 +159,33 @@ def test_pipeline_takes_the_vocoder_from_the_model_directory(tmp_path):
     bad, _ = _neural_dir(tmp_path, mel=MEL8K, seed=1)  # f_min 20 instead of the model's
     with pytest.raises(ValueError, match="f_min"):
         pipe.set_vocoder(bad)
+
+
+def test_resynth_cli_writes_the_vocoded_file_and_refuses_bad_input(tmp_path):
+    import soundfile as sf
+
+    from sonodiff.cli import main
+
+    d, net = _neural_dir(tmp_path)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, _tone().numpy(), 8000)
+    out = tmp_path / "out.wav"
+    assert main(["resynth", str(wav), "--vocoder", str(d), "--out", str(out)]) == 0
+    y, sr = sf.read(out)
+    assert sr == 8000 and len(y) == 4000
+    with torch.no_grad():
+        want = net(log_mel(_tone(), MEL8K)[None], length=4000)[0].numpy()
+    assert np.abs(y - want).max() < 2e-4  # PCM_16
+    assert json.loads(out.with_suffix(".json").read_text())["vocoder"] == str(d)
+    # another rate: refused without --resample (and nothing written), resampled with it
+    sf.write(tmp_path / "in16.wav", _tone(16000).numpy(), 16000)
+    bad = tmp_path / "bad.wav"
+    assert main(["resynth", str(tmp_path / "in16.wav"), "--vocoder", str(d), "--out", str(bad)]) == 2
+    assert not bad.exists()
+    assert main(["resynth", str(tmp_path / "in16.wav"), "--vocoder", str(d), "--resample", "--out", str(bad)]) == 0
+    assert sf.info(str(bad)).samplerate == 8000
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    assert main(["resynth", str(tmp_path / "junk.wav"), "--vocoder", str(d), "--out", str(tmp_path / "j.wav")]) == 2
+    assert main(["resynth", str(tmp_path / "missing.wav"), "--vocoder", str(d), "--out", str(tmp_path / "m.wav")]) == 2
+    assert main(["resynth", str(wav), "--vocoder", "griffin_lim", "--out", str(tmp_path / "g.wav")]) == 2
+    assert not any((tmp_path / n).exists() for n in ("j.wav", "m.wav", "g.wav"))

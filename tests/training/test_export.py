@@ -130,3 +130,37 @@ def test_a_run_keeps_its_own_codec_when_the_shared_cache_is_refitted(tones_dir, 
     assert any("keeps normalising with its own statistics" in m for m in logs)
     exported = load_codec(export_run(tmp_path / "run", tmp_path / "m") / "codec")
     assert torch.equal(exported.mean, own.mean)
+
+
+def test_an_autoguidance_guide_is_kept_from_pruning_and_exported(tones_dir, tmp_path):
+    """demo.guide names a checkpoint of the run: pruning keeps it, export writes its EMA weights (bf16) as
+    MODEL_DIR/guide and sampling.guide, the Pipeline autoguides with it, and --guide none exports plain CFG."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sonodiff.pipelines import Pipeline
+    from sonodiff.training.export import export_run
+    from sonodiff.training.loop import train
+
+    cfg = load_config(REPO / "recipes" / "tiny_debug.toml", small_overrides(tones_dir, run_steps=6, batch=4, extra=[
+        "train.checkpoint_every=2", "train.keep_last=1", "demo.guide=step_00000002", "demo.guidance_scale=2.0"]))
+    train(cfg, tmp_path / "run", log=lambda *a: None)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000002", "step_00000006"]  # step 4 pruned, the guide kept
+    m = export_run(tmp_path / "run", tmp_path / "m")
+    c = json.loads((m / "config.json").read_text())
+    assert c["sampling"]["guide"] == "guide" and c["source"]["guide"]["step"] == 2
+    g = load_file(str(m / "guide" / "model.safetensors"))
+    assert all(v.dtype == torch.bfloat16 for v in g.values() if v.is_floating_point())
+    pipe = Pipeline.from_pretrained(m)
+    assert pipe.guide is not None
+    auto = pipe(None, seeds=[0]).audio
+    plain = Pipeline.from_pretrained(m, guide=None)(None, seeds=[0]).audio
+    assert not torch.allclose(auto, plain)
+    m2 = export_run(tmp_path / "run", tmp_path / "m", guide="", guidance_scale=1.5)  # same folder: guide removed
+    c2 = json.loads((m2 / "config.json").read_text())
+    assert c2["sampling"]["guide"] is None and not (m2 / "guide").exists()
+    assert c2["sampling"]["guidance_scale"] == 1.5 and c2["source"]["export_guide"] == ""
+    with pytest.raises(ValueError, match="must be one of them"):
+        load_config(REPO / "recipes" / "tiny_debug.toml", small_overrides(tones_dir, run_steps=6, extra=[
+            "train.checkpoint_every=4", "demo.guide=step_00000002"]))

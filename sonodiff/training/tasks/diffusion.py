@@ -59,9 +59,16 @@ class DiffusionTask(Task):
         check_trainer_inputs(self.model.conditioner)
         self.model.to(self.device)
         self.run_extra = {"feature_dir": str(fdir)}
+        if self.codec.name == "mel" and cfg.demo.vocoder != "griffin_lim":
+            from sonodiff.audio.vocoders import load_vocoder
+
+            load_vocoder(cfg.demo.vocoder, expect=self.codec.config)  # a wrong demo.vocoder fails now, not at the end
 
     def describe(self) -> str:
         return f"{len(self.ds)} training examples of shape {list(self.ds.shape)}; {super().describe()}"
+
+    def protected_checkpoints(self) -> tuple[str, ...]:
+        return (self.cfg.demo.guide,) if self.cfg.demo.guide else ()
 
     def save_run_files(self) -> None:
         if not (self.run_dir / "codec" / "config.json").is_file():

@@ -26,6 +26,18 @@ def test_recipe_builds(path):
     from sonodiff.audio.codecs import make_codec
 
     cfg = load_config(path, ["data.root=somewhere"])
+    if cfg.task == "vocoder":  # the generator the recipe trains: its mel settings are the codec's; at most 5 M
+        from sonodiff.audio.discriminators import DiscriminatorConfig, Discriminators
+        from sonodiff.audio.neural_vocoder import NeuralVocoder, NeuralVocoderConfig
+        from sonodiff.training.tasks.vocoder import vocoder_mel_config
+        from sonodiff.utils.config import from_dict
+
+        mel = vocoder_mel_config(cfg)
+        gen = NeuralVocoder(from_dict(NeuralVocoderConfig, {**NeuralVocoderConfig.from_mel_config(mel).to_dict(),
+                                                            **cfg.vocoder.generator}))
+        Discriminators(from_dict(DiscriminatorConfig, {"sample_rate": mel.sample_rate, **cfg.vocoder.discriminator}))
+        assert gen.config.mel_config() == mel and 1e5 < gen.num_parameters() <= 5e6
+        return
     codec = make_codec(cfg.codec.name, **cfg.codec.options)
     frames = frames_for_seconds(codec, cfg.data.seconds)
     with torch.no_grad():

@@ -120,6 +120,16 @@ def _check_audio(audio: Tensor, who: str) -> Tensor:
     return audio
 
 
+def _run_all(discriminators, audio: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
+    """(logits of each sub-discriminator, features of each) on ``audio [B, T]``."""
+    logits, feats = [], []
+    for d in discriminators:
+        lg, ft = d(audio)
+        logits.append(lg)
+        feats.append(ft)
+    return logits, feats
+
+
 class PeriodDiscriminator(nn.Module):
     """One MPD sub-discriminator (period p): ``audio [B, T]`` -> (logits ``[B, 1, T', p]``, features)."""
 
@@ -197,13 +207,7 @@ class MultiPeriodDiscriminator(nn.Module):
                                             for p in periods)
 
     def forward(self, audio: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
-        audio = _check_audio(audio, type(self).__name__)
-        logits, feats = [], []
-        for d in self.discriminators:
-            lg, ft = d(audio)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
+        return _run_all(self.discriminators, _check_audio(audio, type(self).__name__))
 
 
 class MultiResolutionDiscriminator(nn.Module):
@@ -223,13 +227,7 @@ class MultiResolutionDiscriminator(nn.Module):
                                             for r in resolutions)
 
     def forward(self, audio: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
-        audio = _check_audio(audio, type(self).__name__)
-        logits, feats = [], []
-        for d in self.discriminators:
-            lg, ft = d(audio)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
+        return _run_all(self.discriminators, _check_audio(audio, type(self).__name__))
 
 
 class Discriminators(nn.Module):

@@ -54,6 +54,25 @@ def rescale_guidance(d_guided: Tensor, d_cond: Tensor, phi: float) -> Tensor:
     return phi * rescaled + (1.0 - phi) * d_guided
 
 
+def _check_guidance(scale, rescale: float, sigma_interval) -> None:
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
+    if sigma_interval is not None:
+        lo, hi = sigma_interval
+        if not 0.0 <= lo < hi:
+            raise ValueError(f"sigma_interval must be (lo, hi) with 0 <= lo < hi, got {sigma_interval}")
+    if isinstance(scale, Tensor) and scale.ndim != 1:
+        raise ValueError(f"a tensor scale must have shape [B], got {tuple(scale.shape)}")
+
+
+def _inside(sigma: Tensor, sigma_interval) -> Tensor | None:
+    """``[B]`` bool: rows with lo < sigma <= hi (None: no interval, guide everywhere)."""
+    if sigma_interval is None:
+        return None
+    lo, hi = sigma_interval
+    return (sigma > lo) & (sigma <= hi)
+
+
 # =========================================================================== classifier-free guidance
 class ClassifierFreeGuidance:
     """Classifier-free guidance as a denoiser: ``CFG(x, sigma, cond) -> x0_hat`` ``[B, ...]``.
@@ -90,14 +109,7 @@ class ClassifierFreeGuidance:
     ) -> None:
         if uncond is not None and negative is not None:
             raise ValueError("give either uncond or negative (negative conditioning replaces the unconditional branch), not both")
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
-        if sigma_interval is not None:
-            lo, hi = sigma_interval
-            if not 0.0 <= lo < hi:
-                raise ValueError(f"sigma_interval must be (lo, hi) with 0 <= lo < hi, got {sigma_interval}")
-        if isinstance(scale, Tensor) and scale.ndim != 1:
-            raise ValueError(f"a tensor scale must have shape [B], got {tuple(scale.shape)}")
+        _check_guidance(scale, rescale, sigma_interval)
         self.denoiser = denoiser
         self.scale = scale
         self.uncond = uncond if negative is None else negative
@@ -122,12 +134,9 @@ class ClassifierFreeGuidance:
             raise ValueError(f"scale has shape {tuple(self.scale.shape)}, expected [{B}]")
         neg = self._negative_branch(cond, B)
 
-        inside = None
-        if self.sigma_interval is not None:
-            lo, hi = self.sigma_interval
-            inside = (sigma > lo) & (sigma <= hi)
-            if not bool(inside.any()):
-                return self.denoiser(x, sigma, cond)
+        inside = _inside(sigma, self.sigma_interval)
+        if inside is not None and not bool(inside.any()):
+            return self.denoiser(x, sigma, cond)
 
         if self.batched:
             both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([cond, neg]))
@@ -160,14 +169,7 @@ class AutoGuidance:
 
     def __init__(self, denoiser: Denoiser, guide: Denoiser, scale: float | Tensor, *, rescale: float = 0.0,
                  sigma_interval: tuple[float, float] | None = None) -> None:
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"rescale (phi) must be in [0, 1], got {rescale}")
-        if sigma_interval is not None:
-            lo, hi = sigma_interval
-            if not 0.0 <= lo < hi:
-                raise ValueError(f"sigma_interval must be (lo, hi) with 0 <= lo < hi, got {sigma_interval}")
-        if isinstance(scale, Tensor) and scale.ndim != 1:
-            raise ValueError(f"a tensor scale must have shape [B], got {tuple(scale.shape)}")
+        _check_guidance(scale, rescale, sigma_interval)
         self.denoiser, self.guide, self.scale = denoiser, guide, scale
         self.rescale, self.sigma_interval = float(rescale), sigma_interval
 
@@ -178,12 +180,9 @@ class AutoGuidance:
             raise ValueError(f"cond has batch size {cond.batch_size}, x has {B}")
         if isinstance(self.scale, Tensor) and self.scale.shape[0] != B:
             raise ValueError(f"scale has shape {tuple(self.scale.shape)}, expected [{B}]")
-        inside = None
-        if self.sigma_interval is not None:
-            lo, hi = self.sigma_interval
-            inside = (sigma > lo) & (sigma <= hi)
-            if not bool(inside.any()):
-                return self.denoiser(x, sigma, cond)
+        inside = _inside(sigma, self.sigma_interval)
+        if inside is not None and not bool(inside.any()):
+            return self.denoiser(x, sigma, cond)
         d_main = self.denoiser(x, sigma, cond)
         d_guide = self.guide(x, sigma, cond)
         out = rescale_guidance(cfg_combine(d_main, d_guide, self.scale), d_main, self.rescale)

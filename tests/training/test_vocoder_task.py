@@ -84,3 +84,40 @@ def test_vocoder_recipes_that_cannot_train_are_clear_errors(tones_dir, tmp_path)
     train(diff, tmp_path / "e", log=QUIET)
     with pytest.raises(ValueError, match="task: run has 'diffusion', now 'vocoder'"):
         train(_cfg(tones_dir), tmp_path / "e", log=QUIET)
+
+
+@pytest.mark.slow
+def test_vocoder_two_process_gloo_ddp_matches_single_process(tones_dir, tmp_path):
+    """Both phases under DDP (generator and discriminators wrapped separately) give the single-process losses."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sonodiff.training.logging import read_metrics
+
+    repo = Path(__file__).resolve().parents[2]
+    over = ["--set", "task=vocoder", "--set", f"data.root={tones_dir}", "--set", "data.seconds=0.25",
+            "--set", "data.valid_split=", "--set", "train.steps=6", "--set", "train.batch_size=4",
+            "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.threads=1",
+            "--set", "train.log_every=1", "--set", "train.checkpoint_every=6", "--set", "optim.warmup_steps=0",
+            "--set", "codec.options={sample_rate = 8000, n_fft = 256, hop_length = 64, n_mels = 16}",
+            "--set", "vocoder.generator={dim = 16, intermediate_dim = 32, num_layers = 1}",
+            "--set", "vocoder.discriminator={mpd_channels = [4, 8], mrd_channels = 4, mrd_layers = 2, periods = [2, 3]}",
+            "--set", "vocoder.warmup_steps=2", "--set", "vocoder.demo_clips=0"]
+    recipe = str(repo / "recipes" / "tiny_debug.toml")
+    one = subprocess.run([sys.executable, "-m", "sonodiff", "train", recipe, "--out", str(tmp_path / "one"), *over],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stdout + one.stderr
+    env = {**os.environ, "SONODIFF_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sonodiff", "train", recipe,
+                          "--out", str(tmp_path / "two"), *over], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a = {r["step"]: r for r in read_metrics(tmp_path / "one")}
+    b = {r["step"]: r for r in read_metrics(tmp_path / "two")}
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for s in a:
+        for k in ("loss", "vocoder/mel_l1") + (("loss/discriminator",) if s > 2 else ()):
+            assert b[s][k] == pytest.approx(a[s][k], rel=1e-3), (s, k, a[s][k], b[s][k])

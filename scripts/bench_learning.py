@@ -199,7 +199,7 @@ def resynthesis(model_dir: Path, audio: torch.Tensor) -> torch.Tensor:
     out = []
     for i in range(0, len(audio), 64):
         z = pipe.codec.encode(audio[i:i + 64, None])
-        out.append(features_to_audio(pipe.codec, z).reshape(z.shape[0], -1)[:, : audio.shape[-1]].float())
+        out.append(features_to_audio(pipe.codec, z, vocoder=pipe.vocoder).reshape(z.shape[0], -1)[:, : audio.shape[-1]].float())
     return torch.cat(out)
 
 

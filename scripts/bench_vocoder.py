@@ -164,7 +164,7 @@ def main() -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
 
     from sonodiff.audio.codecs import load_codec
-    from sonodiff.audio.vocoders import load_vocoder, mel_config_of
+    from sonodiff.models.vocoders import load_vocoder, mel_config_of
     from sonodiff.models import resolve_model
 
     extra: dict[str, list[str]] = {"fsdd": [], "corpus": []}

@@ -16,11 +16,11 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 # Subsystem modules providing `add_parser(subparsers)`; listed once, resolved in order.
 COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.core.cli",
-    "sonodiff.audio.cli",
     "sonodiff.data.cli",
     "sonodiff.data.corpus.cli",
     "sonodiff.training.cli",
     "sonodiff.pipelines.cli",
+    "sonodiff.pipelines.resynth",
 )
 
 

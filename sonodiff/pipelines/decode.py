@@ -11,13 +11,13 @@ __all__ = ["features_to_audio", "crossfade_join", "equal_power_fade"]
 def features_to_audio(codec, z: Tensor, length: int | None = None, vocoder=None) -> Tensor:
     """Features ``[B, C, ...]`` in diffusion space -> audio ``[B, C, T]`` at ``codec.sample_rate``.
 
-    Mel codecs are voiced by ``vocoder`` (:func:`sonodiff.audio.vocoders.load_vocoder`; None = Griffin-Lim with
+    Mel codecs are voiced by ``vocoder`` (:func:`sonodiff.models.vocoders.load_vocoder`; None = Griffin-Lim with
     the codec's settings); ``length`` fixes the number of output samples (for mel: default (frames - 1) * hop).
     """
     data = codec.decode(z.float())
     if codec.name == "mel":
         if vocoder is None:
-            from sonodiff.audio.vocoders import load_vocoder
+            from sonodiff.models.vocoders import load_vocoder
 
             vocoder = load_vocoder("griffin_lim", expect=codec.config)
         return vocoder(data, length=length)

@@ -99,7 +99,7 @@ class Pipeline:
         """Voice this mel model's features with ``vocoder``: ``"griffin_lim"``, a shipped vocoder name or a
         vocoder model directory (relative paths are tried against the model's directory first). A vocoder
         trained on other mel settings than this model's codec is a clear error naming both."""
-        from sonodiff.audio.vocoders import load_vocoder
+        from sonodiff.models.vocoders import load_vocoder
 
         if self.codec.name != "mel":
             raise ValueError(f"a {self.codec.name!r} model decodes to audio itself; it takes no vocoder")

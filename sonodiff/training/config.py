@@ -355,7 +355,7 @@ def sampling_defaults(config: dict) -> dict:
             "schedule": d["schedule"], "schedule_options": dict(d.get("schedule_options", {})),
             "num_steps": d["steps"], "guidance_scale": d["guidance_scale"], "cfg_rescale": d.get("cfg_rescale", 0.0),
             "guidance_interval": list(d["guidance_interval"]) if d.get("guidance_interval") else None,
-            "guide": "guide" if d.get("guide") else None,
+            **({"guide": "guide"} if d.get("guide") else {}),
             "sigma_min": m["sigma_min"], "sigma_max": m["sigma_max"]}
 
 

@@ -71,7 +71,7 @@ def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, devi
                          sigma_min=cfg.model.sigma_min, sigma_max=cfg.model.sigma_max, device=device)
     vocoder = None
     if codec.name == "mel":
-        from sonodiff.audio.vocoders import load_vocoder
+        from sonodiff.models.vocoders import load_vocoder
 
         vocoder = load_vocoder(d.vocoder, expect=codec.config)
     audio = features_to_audio(codec, z.cpu(), vocoder=vocoder)

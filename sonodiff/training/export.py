@@ -86,7 +86,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         sections["sampling"]["guidance_scale"] = float(guidance_scale)
         source["export_guidance_scale"] = float(guidance_scale)
     if vocoder is not None:
-        from sonodiff.audio.vocoders import load_vocoder
+        from sonodiff.models.vocoders import load_vocoder
 
         if codec.name != "mel":
             raise ValueError(f"a {codec.name!r} model takes no vocoder (got vocoder={vocoder!r})")
@@ -106,14 +106,15 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c["demo"].get("guide_dtype", "bfloat16")]
         g_state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in g_state.items()}
         save_model_dir(out / "guide", model_state=g_state, spec=run["model"], codec=codec,
-                       **{k: {**v, "guide": None} if k == "sampling" else v for k, v in sections.items()},
+                       **{k: {kk: vv for kk, vv in v.items() if kk != "guide"} if k == "sampling" else v
+                          for k, v in sections.items()},
                        source={**source, "checkpoint": gck.name, "step": g_meta["step"],
                                "samples": g_meta.get("samples"), "role": "autoguidance guide",
                                "dtype": str(dtype).replace("torch.", "")})
         sections["sampling"]["guide"] = "guide"
         source["guide"] = {"checkpoint": gck.name, "step": g_meta["step"]}
     else:
-        sections["sampling"]["guide"] = None
+        sections["sampling"].pop("guide", None)
         if (out / "guide").is_dir():  # a guide of an earlier export would be picked up by nothing, but mislead
             import shutil
 
@@ -129,9 +130,9 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
 
 
 def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:
-    """A vocoder run's model directory (:func:`sonodiff.audio.vocoders.save_vocoder_dir`): the generator's EMA."""
+    """A vocoder run's model directory (:func:`sonodiff.models.vocoders.save_vocoder_dir`): the generator's EMA."""
     from sonodiff.audio.neural_vocoder import NeuralVocoderConfig
-    from sonodiff.audio.vocoders import save_vocoder_dir
+    from sonodiff.models.vocoders import save_vocoder_dir
 
     c, spec = run["config"], run["model"]
     source = {"name": c["name"], "task": "vocoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,

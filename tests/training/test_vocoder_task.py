@@ -29,7 +29,7 @@ def _cfg(root, steps=10, extra=()):
 
 def test_vocoder_trains_through_the_engine_and_exports(tones_dir, tmp_path):
     from sonodiff.audio.features import log_mel
-    from sonodiff.audio.vocoders import load_vocoder
+    from sonodiff.models.vocoders import load_vocoder
     from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
     from sonodiff.training.export import export_run
 

@@ -60,7 +60,7 @@ class DiffusionTask(Task):
         self.model.to(self.device)
         self.run_extra = {"feature_dir": str(fdir)}
         if self.codec.name == "mel" and cfg.demo.vocoder != "griffin_lim":
-            from sonodiff.audio.vocoders import load_vocoder
+            from sonodiff.models.vocoders import load_vocoder
 
             load_vocoder(cfg.demo.vocoder, expect=self.codec.config)  # a wrong demo.vocoder fails now, not at the end
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sonodiff.audio.features import MelConfig, log_mel
-from sonodiff.audio.vocoders import (
+from sonodiff.models.vocoders import (
     SPEECHT5_MEL,
     VOCODERS,
     check_vocoder_matches,
@@ -94,7 +94,7 @@ def test_speecht5_mapping_matches_transformers_feature_extractor():
     t = np.arange(16000) / 16000
     x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(16000)).astype(np.float32)
     theirs = fe(audio_target=x, sampling_rate=16000, return_tensors="pt")["input_values"][0]
-    from sonodiff.audio.vocoders import _SpeechT5
+    from sonodiff.models.vocoders import _SpeechT5
 
     ours = _SpeechT5.to_log10(log_mel(torch.from_numpy(x), SPEECHT5_MEL)).T
     assert ours.shape == theirs.shape

@@ -22,7 +22,7 @@ def resynthesize(path: str | Path, vocoder: str | Path | None = None, model: str
 
     from sonodiff.audio.features import log_mel
     from sonodiff.audio.io import load_audio
-    from sonodiff.audio.vocoders import load_vocoder, mel_config_of
+    from sonodiff.models.vocoders import load_vocoder, mel_config_of
 
     if model is None and vocoder is None:
         raise ValueError("give --model (a mel model: its codec and vocoder) or --vocoder (a vocoder directory)")

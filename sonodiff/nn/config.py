@@ -38,6 +38,11 @@ class UNetConfig:
         pooled_dim: width ``D`` of ``cond.pooled [B, D]`` added to the noise embedding (0 = route off).
         emb_mult: noise-embedding width = ``emb_mult * channels[0]``.
         noise_freqs: number of sinusoidal frequencies of the noise-level features.
+        patch: side of the non-overlapping patches the first level works on (1 = full resolution). With
+            ``patch = p`` the input is folded space-to-depth (``p ** dims`` times the channels, ``1 / p`` the size
+            on every axis) before ``conv_in`` and unfolded after ``conv_out``, as DiT / U-ViT patching and
+            Simple Diffusion's space-to-depth do: a ``p ** dims``-fold cut of the network's compute for the same
+            channels and depth, at the cost of detail finer than a patch (measured in recipes/README.md).
     """
 
     dims: int = 2
@@ -60,6 +65,7 @@ class UNetConfig:
     pooled_dim: int = 0
     emb_mult: int = 4
     noise_freqs: int = 128
+    patch: int = 1
 
     def __post_init__(self) -> None:
         # JSON gives lists; store tuples so the config stays hashable and immutable.
@@ -107,7 +113,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.kernel_size must be odd and positive, got {self.kernel_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("in_channels", "out_channels", "emb_mult", "noise_freqs"):
+        for name in ("in_channels", "out_channels", "emb_mult", "noise_freqs", "patch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("concat_channels", "token_dim", "pooled_dim", "ff_mult"):
@@ -121,8 +127,8 @@ class UNetConfig:
 
     @property
     def total_factor(self) -> int:
-        """Product of the down-sampling factors: spatial sizes are padded to a multiple of it."""
-        out = 1
+        """Patch side times the product of the down-sampling factors: spatial sizes are padded to a multiple of it."""
+        out = self.patch
         for f in self.factors:
             out *= f
         return out

@@ -26,8 +26,12 @@ Conditioning (``sonodiff.core.cond.Cond``), each route switched on by a config f
   ones (classifier-free guidance). A route the config has but ``cond`` lacks is allowed only when every row
   is null (e.g. ``Cond(null=torch.ones(B, dtype=torch.bool))``); otherwise it is an error.
 
+Patching (``config.patch = p > 1``): the padded input is folded space-to-depth into ``p ** dims`` times the
+channels before ``conv_in`` and the output of ``conv_out`` unfolded back, so every level runs at ``1 / p`` of the
+input's size on each axis.
+
 Any length or size: every spatial axis is zero-padded at its end to a multiple of ``config.total_factor``
-(the product of the down-sampling factors) and the output is cropped back, so the output shape always
+(the patch side times the product of the down-sampling factors) and the output is cropped back, so the output shape always
 equals the input shape. Padding makes the network see a zero tail; for exact translation behaviour feed
 sizes that are already multiples of ``total_factor``.
 
@@ -82,7 +86,8 @@ class UNet(nn.Module):
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, cfg.head_dim, g, token_dim=cfg.token_dim, ff_mult=cfg.ff_mult)
 
-        self.conv_in = conv_nd(cfg.dims, cfg.in_channels + cfg.concat_channels, ch[0], k, padding=k // 2)
+        fold = cfg.patch ** cfg.dims
+        self.conv_in = conv_nd(cfg.dims, (cfg.in_channels + cfg.concat_channels) * fold, ch[0], k, padding=k // 2)
         skip_ch = [ch[0]]
         self.down_res, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         cur = ch[0]
@@ -115,7 +120,7 @@ class UNet(nn.Module):
                 self.upsample.append(Upsample(cfg.dims, cur, cfg.factors[i - 1], cfg.resample, k))
         assert not skip_ch, "internal: skip connections left over"
         self.norm_out = GroupNorm32(g, cur)
-        self.conv_out = zero_module(conv_nd(cfg.dims, cur, cfg.out_channels, k, padding=k // 2))
+        self.conv_out = zero_module(conv_nd(cfg.dims, cur, cfg.out_channels * fold, k, padding=k // 2))
 
     # ------------------------------------------------------------------ conditioning
     def _context(
@@ -219,7 +224,7 @@ class UNet(nn.Module):
         pads = [(-s) % tf for s in size]
         if any(pads):
             h = F.pad(h, [p for pad in reversed(pads) for p in (0, pad)])
-        shapes = [tuple(s + p for s, p in zip(size, pads))]
+        shapes = [tuple((s + p) // cfg.patch for s, p in zip(size, pads))]
         for f in cfg.factors:
             shapes.append(tuple(s // f for s in shapes[-1]))
         ropes = [None] * len(shapes)
@@ -229,6 +234,8 @@ class UNet(nn.Module):
                     ropes[i] = rope_tables(s, cfg.head_dim, x.device)
 
         emb = F.silu(self.noise_embed(c_noise, pooled))
+        if cfg.patch > 1:
+            h = space_to_depth(h, cfg.patch)
         h = self.conv_in(h)
         skips = [h]
         last = len(cfg.channels) - 1
@@ -253,9 +260,42 @@ class UNet(nn.Module):
             if i > 0:
                 h = self.upsample[n](h)
         h = self.conv_out(F.silu(self.norm_out(h)))
+        if cfg.patch > 1:
+            h = depth_to_space(h, cfg.patch)
         if any(pads):
             h = h[(..., *[slice(0, s) for s in size])]
         return h.to(x.dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def space_to_depth(x: Tensor, p: int) -> Tensor:
+    """``[B, C, *S]`` -> ``[B, C * p ** d, *(S / p)]``: each non-overlapping ``p``-patch becomes channels (every
+    spatial size must be a multiple of ``p``). For 2-D this is ``F.pixel_unshuffle``'s channel order."""
+    b, c, *size = x.shape
+    d = len(size)
+    if d == 2:
+        return F.pixel_unshuffle(x, p)
+    split = [b, c]
+    for s in size:
+        split += [s // p, p]
+    x = x.reshape(split)
+    # [B, C, S1, p, S2, p, ...] -> [B, C, p, p, ..., S1, S2, ...]
+    perm = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
+    return x.permute(perm).reshape(b, c * p ** d, *[s // p for s in size])
+
+
+def depth_to_space(x: Tensor, p: int) -> Tensor:
+    """Inverse of :func:`space_to_depth`."""
+    b, cp, *size = x.shape
+    d = len(size)
+    if d == 2:
+        return F.pixel_shuffle(x, p)
+    c = cp // p ** d
+    x = x.reshape([b, c] + [p] * d + size)
+    # [B, C, p, ..., S1, S2, ...] -> [B, C, S1, p, S2, p, ...]
+    perm = [0, 1]
+    for i in range(d):
+        perm += [2 + d + i, 2 + i]
+    return x.permute(perm).reshape(b, c, *[s * p for s in size])

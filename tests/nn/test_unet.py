@@ -169,3 +169,55 @@ def test_determinism_for_a_seed():
     ya, yb = a(x, cn, cond), b(x, cn, cond)
     assert torch.equal(ya, yb) and torch.equal(ya, a(x, cn, cond))
     assert not torch.allclose(ya, c(x, cn, cond))
+
+
+# ------------------------------------------------------------------ patching (config.patch)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_space_to_depth_layout_and_round_trip(dims):
+    from sonodiff.nn.unet import depth_to_space, space_to_depth
+
+    x = randn(2, 3, *([6] * dims))
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 3 * 2 ** dims, *([3] * dims))
+    if dims == 1:
+        for c in range(3):
+            for i in range(2):
+                assert torch.equal(y[:, c * 2 + i], x[:, c, i::2])
+    else:
+        for c in range(3):
+            for i in range(2):
+                for j in range(2):
+                    assert torch.equal(y[:, c * 4 + i * 2 + j], x[:, c, i::2, j::2])
+    assert torch.equal(depth_to_space(y, 2), x)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_patched_unet_is_the_unpatched_unet_on_folded_input(dims):
+    """patch = 2 must be exactly space-to-depth, a full-resolution U-Net with 2 ** dims times the channels on the
+    folded input, and depth-to-space: copy the weights across and compare."""
+    from sonodiff.nn.unet import depth_to_space, space_to_depth
+
+    patched = wake(tiny(dims, patch=2)).eval()
+    fold = 2 ** dims
+    plain = tiny(dims, in_channels=fold, out_channels=fold).eval()
+    plain.load_state_dict(patched.state_dict())
+    x = randn(2, 1, *([16] * dims))
+    c = torch.tensor([0.3, -1.0])
+    torch.testing.assert_close(patched(x, c), depth_to_space(plain(space_to_depth(x, 2), c), 2),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims,size", [(1, (13,)), (2, (13, 7)), (2, (64, 126))])
+def test_patched_unet_any_size_and_zero_init(dims, size):
+    net = tiny(dims, patch=2)
+    assert net.config.total_factor == 2 * tiny(dims).config.total_factor
+    x = randn(2, 1, *size)
+    y = Preconditioned(net, "edm", sigma_data=1.0)(x, torch.tensor([0.5, 2.0]))
+    assert y.shape == x.shape
+    y = wake(net)(x, torch.zeros(2))
+    assert y.shape == x.shape and torch.isfinite(y).all() and y.abs().sum() > 0
+
+
+def test_patch_must_be_positive():
+    with pytest.raises(ValueError, match="patch must be >= 1"):
+        unet_config("tiny-2d", patch=0)

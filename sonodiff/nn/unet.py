@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -270,32 +271,19 @@ class UNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+
+
+# einops patterns of space_to_depth / depth_to_space per number of spatial axes (channel order of pixel_unshuffle)
+_FOLD = {1: ("b c (t p) -> b (c p) t", "b (c p) t -> b c (t p)"),
+         2: ("b c (h p) (w q) -> b (c p q) h w", "b (c p q) h w -> b c (h p) (w q)")}
+
+
 def space_to_depth(x: Tensor, p: int) -> Tensor:
-    """``[B, C, *S]`` -> ``[B, C * p ** d, *(S / p)]``: each non-overlapping ``p``-patch becomes channels (every
-    spatial size must be a multiple of ``p``). For 2-D this is ``F.pixel_unshuffle``'s channel order."""
-    b, c, *size = x.shape
-    d = len(size)
-    if d == 2:
-        return F.pixel_unshuffle(x, p)
-    split = [b, c]
-    for s in size:
-        split += [s // p, p]
-    x = x.reshape(split)
-    # [B, C, S1, p, S2, p, ...] -> [B, C, p, p, ..., S1, S2, ...]
-    perm = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
-    return x.permute(perm).reshape(b, c * p ** d, *[s // p for s in size])
+    """``[B, C, *S]`` -> ``[B, C * p ** d, *(S / p)]`` (d = 1 or 2): each non-overlapping ``p``-patch becomes
+    channels, in ``F.pixel_unshuffle``'s order; every spatial size must be a multiple of ``p``."""
+    return rearrange(x, _FOLD[x.ndim - 2][0], p=p, **({"q": p} if x.ndim == 4 else {}))
 
 
 def depth_to_space(x: Tensor, p: int) -> Tensor:
     """Inverse of :func:`space_to_depth`."""
-    b, cp, *size = x.shape
-    d = len(size)
-    if d == 2:
-        return F.pixel_shuffle(x, p)
-    c = cp // p ** d
-    x = x.reshape([b, c] + [p] * d + size)
-    # [B, C, p, ..., S1, S2, ...] -> [B, C, S1, p, S2, p, ...]
-    perm = [0, 1]
-    for i in range(d):
-        perm += [2 + d + i, 2 + i]
-    return x.permute(perm).reshape(b, c, *[s * p for s in size])
+    return rearrange(x, _FOLD[x.ndim - 2][1], p=p, **({"q": p} if x.ndim == 4 else {}))

@@ -142,6 +142,7 @@ def _check_resume_config(run_dir: Path, cfg: Config, task) -> None:
 # ----------------------------------------------------------------------------------------------- train
 def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=print) -> TrainResult:
     cfg, run_dir = config, Path(run_dir)
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     rank, world, local_rank = _distributed()
     is_main = rank == 0
     log = log if is_main else (lambda *a, **k: None)
@@ -343,6 +344,11 @@ def train(config: Config, run_dir: str | Path, *, dry_run: bool = False, log=pri
         pbar.close()
     logger.close()
     final = latest_checkpoint(ckpt_root)
+    if owns_group:
+        # tear the process group down on every rank together: left to interpreter exit, gloo's threads can
+        # abort a rank ("terminate called without an active exception", exit -6) after a finished run
+        dist.barrier()
+        dist.destroy_process_group()
     return TrainResult(str(run_dir), step, tuple(losses), skipped, str(final) if final else "")
 
 

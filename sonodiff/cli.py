@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.training.cli",
     "sonodiff.pipelines.cli",
     "sonodiff.pipelines.resynth",
+    "sonodiff.eval.cli",
 )
 
 

@@ -313,6 +313,25 @@ class VocoderConfig:
 
 
 @dataclass(frozen=True)
+class ContrastiveConfig:
+    """The ``task = "contrastive"`` recipe section: the in-house CLAP (:class:`sonodiff.eval.clap.ClapNet`) trained
+    with symmetric InfoNCE on (clip, ``text_field``) pairs of ``data.root``. Audio features are natural-log mels at
+    the recipe's ``codec.options`` (a mel codec); each example is a random crop of ``data.seconds`` (shorter clips
+    padded with silence) at a random gain in +-``gain_db``. ``model``: :class:`~sonodiff.eval.clap.ClapConfig`
+    architecture overrides (width, embed_dim, text_hidden, init_temperature, max_logit_scale)."""
+
+    model: dict = _field(default_factory=dict)
+    text_field: Literal["caption", "label", "transcript"] = "caption"
+    gain_db: float = 6.0
+    retrieval_pool: int = 500  # clips of the validation split scored for recall@k at each validation
+
+    def __post_init__(self) -> None:
+        if self.gain_db < 0 or self.retrieval_pool < 0:
+            raise ValueError(f"contrastive.gain_db and contrastive.retrieval_pool must be >= 0, got {self.gain_db}, "
+                             f"{self.retrieval_pool}")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     task: str = "diffusion"  # a key of sonodiff.training.tasks.TASKS: what this recipe trains
@@ -324,6 +343,7 @@ class Config:
     train: TrainConfig = _field(default_factory=TrainConfig)
     demo: DemoConfig = _field(default_factory=DemoConfig)
     vocoder: VocoderConfig = _field(default_factory=VocoderConfig)
+    contrastive: ContrastiveConfig = _field(default_factory=ContrastiveConfig)
 
     def __post_init__(self) -> None:
         from sonodiff.core.schedules import model_sigmas

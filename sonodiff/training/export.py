@@ -70,6 +70,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     c = run["config"]
     if c.get("task", "diffusion") == "vocoder":
         return _export_vocoder(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
+    if c.get("task", "diffusion") == "contrastive":
+        return _export_clap(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
     # the run's own fitted codec (runs started before runs kept one: the feature cache's, as they were trained)
     codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
                        else Path(run["feature_dir"]) / "codec")
@@ -127,6 +129,21 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         **sections,
         source=source,
     )
+
+
+def _export_clap(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:
+    """A contrastive run's CLAP model directory (:func:`sonodiff.eval.clap.save_clap_dir`): the EMA weights."""
+    from sonodiff.eval.clap import ClapConfig, save_clap_dir
+
+    c, spec = run["config"], run["model"]
+    source = {"name": c["name"], "task": "contrastive", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
+              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"],
+              "text_field": c["contrastive"]["text_field"]}
+    state = ema_state
+    if ema_sigma_rel is not None:
+        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    return save_clap_dir(out, config=ClapConfig.from_dict(spec["config"]), state=state, source=source)
 
 
 def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:

@@ -4,9 +4,10 @@ Importing this package imports the task classes (and through them torch and sono
 vocoder's networks and losses are imported when a vocoder run sets up.
 """
 
+from sonodiff.training.tasks.contrastive import ContrastiveTask
 from sonodiff.training.tasks.diffusion import DiffusionTask
 from sonodiff.training.tasks.vocoder import VocoderTask
 
-__all__ = ["TASKS", "DiffusionTask", "VocoderTask"]
+__all__ = ["TASKS", "ContrastiveTask", "DiffusionTask", "VocoderTask"]
 
-TASKS = {"diffusion": DiffusionTask, "vocoder": VocoderTask}
+TASKS = {"diffusion": DiffusionTask, "vocoder": VocoderTask, "contrastive": ContrastiveTask}

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ClapConfig", "ClapNet", "InHouseClap", "TransformersClap", "load_clap", "save_clap_dir", "clap_score",
-           "retrieval_recall", "contrastive_loss", "zero_shot_accuracy"]
+           "retrieval_recall", "contrastive_loss", "zero_shot_accuracy", "clap_scorer", "clap_feature_score",
+           "check_codec_matches"]
 
 FORMAT, FORMAT_VERSION = "sonodiff-model", 1
 
@@ -407,3 +408,50 @@ def zero_shot_accuracy(audio_emb: Tensor, label_text_emb: Tensor, labels: Sequen
     """Fraction of clips whose nearest label prompt (``label_text_emb`` ``[K, D]``) is their own label."""
     pred = (audio_emb @ label_text_emb.t()).argmax(dim=1)
     return float((pred == torch.as_tensor(list(labels))).float().mean())
+
+
+# --- CLAP in the pipeline: re-ranking and gradient guidance --------------------------------------------------
+
+def clap_scorer(clap: ClapLike):
+    """A :meth:`sonodiff.pipelines.Pipeline.best_of` scorer: cosine of each clip's CLAP audio embedding with its
+    prompt's text embedding (``audio [N, C, T]`` is mixed to mono)."""
+
+    def score(audio: Tensor, sample_rate: int, prompts: list) -> Tensor:
+        if any(p is None for p in prompts):
+            raise ValueError("CLAP re-ranking needs a text prompt for every sample")
+        return clap_score(clap, audio.float().mean(dim=1), sample_rate, [str(p) for p in prompts])
+
+    return score
+
+
+def check_codec_matches(clap: InHouseClap, codec) -> None:
+    """The in-house CLAP reads a mel codec's features directly only when their mel settings agree."""
+    c, m = clap.net.config, getattr(codec, "config", None)
+    if getattr(codec, "name", None) != "mel":
+        raise ValueError(f"CLAP guidance works in a mel codec's feature space; this model's codec is "
+                         f"{getattr(codec, 'name', None)!r}")
+    keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+    diff = {k: (getattr(m, k), getattr(c, k)) for k in keys if getattr(m, k) != getattr(c, k)}
+    if diff:
+        raise ValueError("CLAP guidance needs the CLAP's mel settings to equal the model codec's; they differ in " +
+                         ", ".join(f"{k} (codec {a}, CLAP {b})" for k, (a, b) in diff.items()))
+
+
+def clap_feature_score(clap: InHouseClap, codec, prompts: Sequence[str]):
+    """``score_fn(x0 [B, C, n_mels, frames], sigma, cond) -> [B]``: the CLAP cosine of the denoised estimate (a mel
+    codec's normalised features, de-normalised to log-mel and channel-averaged) with each row's prompt;
+    differentiable in ``x0`` (for :class:`sonodiff.core.guidance.GradientGuidance`)."""
+    if not isinstance(clap, InHouseClap):
+        raise ValueError("CLAP gradient guidance needs the in-house CLAP (its audio tower reads the codec's log-mels); "
+                         f"got {getattr(clap, 'name', type(clap).__name__)}")
+    check_codec_matches(clap, codec)
+    text = clap.embed_text(list(prompts))
+
+    def score(x0: Tensor, sigma: Tensor, cond=None) -> Tensor:
+        if x0.shape[0] != len(text):
+            raise ValueError(f"CLAP guidance has {len(text)} prompts for a batch of {x0.shape[0]}")
+        mel = codec.denormalize(x0.float()).mean(dim=1)
+        emb = clap.net.embed_mel(mel.to(clap.device))
+        return (emb * text.to(emb.device)).sum(-1).to(x0.dtype)
+
+    return score

@@ -169,6 +169,31 @@ def _generate(args) -> int:
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} output(s) already written, skipped (delete them to regenerate)")
     bar = tqdm(total=len(todo), desc="generate", unit="file", disable=len(todo) <= 1)
+    clap = None
+    if args.best_of > 1 or args.clap_guidance:
+        from sonodiff.eval.clap import clap_scorer, load_clap
+
+        if args.stream:
+            raise ValueError("--best-of and --clap-guidance do not apply to --stream")
+        if any(p is None for p, _, _ in todo):
+            raise ValueError("--best-of and --clap-guidance rank or guide by the text prompt: give one")
+        clap = load_clap(args.clap)
+    if args.best_of < 1:
+        raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
+    extra = {"clap_guidance": (clap, args.clap_guidance)} if args.clap_guidance else {}
+    if args.best_of > 1:
+        for prompt, seed, path in todo:
+            # candidates use seeds seed*best_of .. seed*best_of+best_of-1: each output's set is its own
+            gen = pipe.best_of([prompt], clap_scorer(clap), num_candidates=args.best_of, seed=seed * args.best_of,
+                               duration_s=args.duration, **_sampling_kwargs(args), **extra)
+            _write(path, gen.audio[0], gen.sample_rate,
+                   _provenance(pipe, args, prompt, gen.seeds[0], duration_s=args.duration, best_of=args.best_of,
+                               clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {})),
+                   args.spectrogram)
+            print(f"wrote {path}")
+            bar.update(1)
+        bar.close()
+        return 0
     for k in range(0, len(todo), args.batch):
         chunk = todo[k:k + args.batch]
         if args.stream:
@@ -178,9 +203,10 @@ def _generate(args) -> int:
             continue
         gen = pipe([p for p, _, _ in chunk] if chunk[0][0] is not None else None,
                    num_per_prompt=1 if chunk[0][0] is not None else len(chunk),
-                   seeds=[s for _, s, _ in chunk], duration_s=args.duration, **_sampling_kwargs(args))
+                   seeds=[s for _, s, _ in chunk], duration_s=args.duration, **_sampling_kwargs(args), **extra)
         for (prompt, seed, path), audio in zip(chunk, gen.audio):
-            _write(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration),
+            more = {"clap": args.clap, "clap_guidance": args.clap_guidance} if extra else {}
+            _write(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration, **more),
                    args.spectrogram)
             print(f"wrote {path}")
         bar.update(len(chunk))
@@ -301,6 +327,11 @@ def _guard(fn):
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate audio from a prompt (text or class label) or unconditionally")
     p.add_argument("prompt", nargs="?", help='e.g. "a dog barking" (omit for an unconditional model)')
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="generate N candidates per output and keep the one the CLAP (--clap) matches best to the prompt")
+    p.add_argument("--clap-guidance", type=float, default=0.0, metavar="SCALE",
+                   help="also guide sampling by the gradient of the in-house CLAP similarity to the prompt")
+    p.add_argument("--clap", default="clap_corpus", help="CLAP name or directory for --best-of / --clap-guidance")
     p.add_argument("-n", type=int, default=1, help="outputs per prompt")
     p.add_argument("--duration", type=float, help="seconds (default: the model's training length; longer = long-form)")
     p.add_argument("--prompts", help="a text file of prompts, one per line (batch; resumable: finished files are skipped)")

@@ -335,7 +335,8 @@ class Pipeline:
                  guidance_scale: float | None = None, guidance_interval="model",
                  sampler_options: dict | None = None, schedule_options: dict | None = None,
                  cfg_rescale: float | None = None,
-                 seeds: Sequence[int] | int | None = None, callback: Callable | None = None) -> Generation:
+                 seeds: Sequence[int] | int | None = None, callback: Callable | None = None,
+                 clap_guidance: tuple | None = None) -> Generation:
         """Text/class-to-audio or unconditional generation. Sample k depends only on (prompt k, seed k).
 
         ``sampler`` (``sonodiff.core.SAMPLERS``) with ``sampler_options``, its keyword options (e.g. ``{"eta": 0.5}``
@@ -350,11 +351,17 @@ class Pipeline:
         et al. 2024); elsewhere the unconditional branch is skipped. ``None``: guide at every step; default: the
         model's ``sampling.guidance_interval``. Durations up to :attr:`max_window_seconds` are generated in one
         pass; longer ones as overlapping windows (:meth:`stream`).
+        ``clap_guidance``: ``(clap, scale)``: also guide by the gradient of the in-house CLAP's similarity between
+        the denoised estimate and the prompt (:func:`sonodiff.eval.clap.clap_feature_score`; a mel model whose
+        codec has the CLAP's mel settings; one pass, no streaming).
         """
         duration_s = self._check_duration(duration_s)
         sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
                             schedule_options, cfg_rescale)
         if duration_s > self.max_window_seconds * 1.001:
+            if clap_guidance is not None:
+                raise ValueError(f"CLAP guidance generates in one pass: duration {duration_s} s is longer than this "
+                                 f"model's window of {self.max_window_seconds} s")
             chunks = list(self.stream(prompts, duration_s=duration_s, num_per_prompt=num_per_prompt,
                                       negative_prompt=negative_prompt, num_steps=num_steps, sampler=sampler,
                                       schedule=schedule, guidance_scale=guidance_scale,
@@ -365,9 +372,17 @@ class Pipeline:
             return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), torch.empty(0))
         rows, seeds = self._rows(prompts, num_per_prompt, seeds)
         cond, negative = self._conds(rows, negative_prompt, duration_s)
+        score = None
+        if clap_guidance is not None:
+            from sonodiff.eval.clap import clap_feature_score
+
+            clap, scale = clap_guidance
+            if any(r is None for r in rows):
+                raise ValueError("CLAP guidance needs a text prompt for every sample")
+            score = (clap_feature_score(clap, self.codec, [str(r) for r in rows]), float(scale))
         z = generate_latents(self.model.denoiser, self._feature_shape() + (self._frames(duration_s),), seeds,
                              cond=cond, negative=negative, callback=callback, device=self.device, max_rows=self.max_rows,
-                             guide=self._guide_denoiser(), **sp)
+                             guide=self._guide_denoiser(), score_guidance=score, **sp)
         audio = features_to_audio(self.codec, z.cpu(), length=int(round(duration_s * self.sample_rate)), vocoder=self.vocoder)
         return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), z.cpu())
 

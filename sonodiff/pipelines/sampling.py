@@ -169,6 +169,7 @@ def generate_latents(
     device: torch.device | str = "cpu",
     max_rows: int | None = None,
     guide=None,
+    score_guidance=None,
 ) -> Tensor:
     """Sample ``len(seeds)`` examples of ``shape`` (per example, ``[C, ...]``) -> ``[B, *shape]`` float32.
 
@@ -181,6 +182,8 @@ def generate_latents(
     ``max_rows``: evaluate the network on at most this many rows at a time (:class:`MicroBatched`).
     ``guide``: a weaker denoiser of the same task: autoguidance instead of classifier-free guidance.
     ``x_init``: a start state at the grid's first sigma instead of fresh noise (editing).
+    ``score_guidance``: ``(score_fn, scale)``: gradient guidance by a differentiable score of the denoised estimate
+    (:class:`sonodiff.core.guidance.GradientGuidance`, e.g. a CLAP similarity), on top of the other guidance.
     """
     gens = seed_generators(list(seeds))
     sampler_options = check_sampler_options(sampler, sampler_options or {})
@@ -192,6 +195,11 @@ def generate_latents(
     x = x.to(device)
     D = guided_denoiser(denoiser, cond, negative=negative, guidance_scale=guidance_scale,
                         guidance_interval=guidance_interval, cfg_rescale=cfg_rescale, max_rows=max_rows, guide=guide)
+    if score_guidance is not None:
+        from sonodiff.core.guidance import GradientGuidance
+
+        fn, scale = score_guidance
+        D = GradientGuidance(D, fn, scale)
     # Stochastic samplers draw from per-sample generators too (CPU generators; states move to device).
     out = sample(D, x, sigmas.to(device), sampler, cond=cond, generator=gens, callback=callback,
                  **sampler_options)

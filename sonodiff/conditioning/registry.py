@@ -17,6 +17,7 @@ from typing import Any
 from sonodiff.conditioning.audio import ClapAudioConditioner
 from sonodiff.conditioning.base import Conditioner, ConditionerConfig
 from sonodiff.conditioning.compose import ComposedConditioner
+from sonodiff.conditioning.inhouse_clap import InHouseClapConditioner
 from sonodiff.conditioning.labels import ClassLabelConditioner
 from sonodiff.conditioning.numbers import NumberConditioner, TimingConditioner
 from sonodiff.conditioning.text import ClapTextEncoder, ClipTextEncoder, SentenceEncoder, T5TextEncoder
@@ -30,6 +31,7 @@ CONDITIONERS: dict[str, type[Conditioner]] = {
     "clip_text": ClipTextEncoder,
     "t5": T5TextEncoder,
     "clap_audio": ClapAudioConditioner,
+    "clap_inhouse": InHouseClapConditioner,
     "class_label": ClassLabelConditioner,
     "number": NumberConditioner,
     "timing": TimingConditioner,

@@ -41,105 +41,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sonodiff.conditioning.inhouse_clap import ClapConfig, ClapNet, load_clap_net
+
 __all__ = ["ClapConfig", "ClapNet", "InHouseClap", "TransformersClap", "load_clap", "save_clap_dir", "clap_score",
            "retrieval_recall", "contrastive_loss", "zero_shot_accuracy", "clap_scorer", "clap_feature_score",
            "check_codec_matches"]
 
-FORMAT, FORMAT_VERSION = "sonodiff-model", 1
-
-
-@dataclass(frozen=True)
-class ClapConfig:
-    # the audio features (a mel codec's settings; natural-log magnitude mels)
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 64
-    f_min: float = 20.0
-    f_max: float | None = None
-    log_floor: float = 1e-5
-    # the network
-    width: int = 64            # channels of the second CNN stage (w/2, w, 2w, 4w)
-    embed_dim: int = 256       # the shared space
-    text_dim: int = 384        # the frozen sentence encoder's pooled size
-    text_hidden: int = 512
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0
-
-    def __post_init__(self) -> None:
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "width", "embed_dim", "text_dim", "text_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ClapConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.width % 2:
-            raise ValueError(f"ClapConfig.width must be even, got {self.width}")
-        if not 0 < self.init_temperature < 1 or self.max_logit_scale <= 1:
-            raise ValueError(f"ClapConfig needs 0 < init_temperature < 1 and max_logit_scale > 1, got "
-                             f"{self.init_temperature}, {self.max_logit_scale}")
-
-    def mel_config(self):
-        from sonodiff.audio.features import MelConfig
-
-        return MelConfig(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
-                         n_mels=self.n_mels, f_min=self.f_min, f_max=self.f_max, log_floor=self.log_floor)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClapConfig:
-        from sonodiff.utils.config import from_dict
-
-        return from_dict(cls, d, "clap")
-
-
-def _conv(i: int, o: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.GroupNorm(min(8, o), o), nn.SiLU())
-
-
-class ClapNet(nn.Module):
-    """The trained part of the in-house CLAP: audio tower on log-mels, text projection, temperature."""
-
-    def __init__(self, config: ClapConfig) -> None:
-        super().__init__()
-        from sonodiff.audio.features import mel_filterbank
-
-        self.config = c = config
-        w = c.width
-        self.register_buffer("fb", mel_filterbank(c.mel_config()), persistent=False)
-        # log-mel normalisation from the training split (set by the contrastive task, saved with the weights)
-        self.register_buffer("feat_mean", torch.zeros(()))
-        self.register_buffer("feat_std", torch.ones(()))
-        self.audio = nn.Sequential(
-            _conv(1, w // 2), nn.MaxPool2d(2),
-            _conv(w // 2, w), _conv(w, w), nn.MaxPool2d(2),
-            _conv(w, 2 * w), _conv(2 * w, 2 * w), nn.MaxPool2d(2),
-            _conv(2 * w, 4 * w), _conv(4 * w, 4 * w),
-        )
-        self.audio_proj = nn.Sequential(nn.Linear(8 * w, 2 * c.embed_dim), nn.SiLU(), nn.Linear(2 * c.embed_dim, c.embed_dim))
-        self.text_proj = nn.Sequential(nn.Linear(c.text_dim, c.text_hidden), nn.SiLU(),
-                                       nn.Linear(c.text_hidden, c.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / c.init_temperature)))
-
-    def log_mel(self, audio: Tensor) -> Tensor:
-        """audio ``[B, T]`` at ``config.sample_rate`` -> natural-log mel ``[B, n_mels, frames]`` (float32)."""
-        from sonodiff.audio.features import log_mel
-
-        with torch.autocast(audio.device.type, enabled=False):
-            return log_mel(audio.float(), self.config.mel_config(), self.fb)
-
-    def embed_mel(self, mel: Tensor) -> Tensor:
-        """log-mel ``[B, n_mels, frames]`` -> L2-normalised audio embedding ``[B, D]`` (float32)."""
-        x = ((mel - self.feat_mean) / self.feat_std)[:, None]
-        h = self.audio(x).mean(dim=2)  # [B, C, frames / 8]
-        h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
-        return nn.functional.normalize(self.audio_proj(h).float(), dim=-1)
-
-    def embed_text_features(self, feats: Tensor) -> Tensor:
-        """frozen sentence-encoder vectors ``[B, text_dim]`` -> L2-normalised text embedding ``[B, D]``."""
-        return nn.functional.normalize(self.text_proj(feats).float(), dim=-1)
-
-    def scale(self) -> Tensor:
-        return self.logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+FORMAT, FORMAT_VERSION = "sonodiff-model", 1  # CLAP model directories (save_clap_dir)
 
 
 def contrastive_loss(audio_emb: Tensor, text_emb: Tensor, caption_ids: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -313,22 +221,11 @@ def save_clap_dir(out: str | Path, *, config: ClapConfig, state: dict, source: d
     return out
 
 
-def _shipped(name: str) -> Path | None:
-    d = Path(__file__).resolve().parents[1] / "models" / name
-    return d if "/" not in name and d.is_dir() else None
-
-
 def load_clap(name_or_path: str | Path, device="cpu") -> ClapLike:
     """An in-house CLAP directory, a shipped CLAP name, or a transformers ``ClapModel`` directory."""
-    from safetensors.torch import load_file
+    from sonodiff.conditioning.inhouse_clap import resolve_clap_dir
 
-    p = Path(name_or_path)
-    if not p.is_dir():
-        s = _shipped(str(name_or_path))
-        if s is None:
-            raise FileNotFoundError(f"CLAP model {str(name_or_path)!r} is neither a directory nor a shipped model "
-                                    f"(sonodiff/models/<name>)")
-        p = s
+    p = resolve_clap_dir(name_or_path)
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{p} holds no config.json: not a CLAP model directory")
@@ -338,13 +235,7 @@ def load_clap(name_or_path: str | Path, device="cpu") -> ClapLike:
     if c.get("kind") != "clap":
         raise ValueError(f"{cfg_file}: kind={c.get('kind', c.get('model_type'))!r}, not a CLAP model (an in-house "
                          f"one has kind 'clap', a transformers one model_type 'clap')")
-    net = ClapNet(ClapConfig.from_dict(c["clap"]))
-    state = load_file(str(p / "model.safetensors"))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "fb"]
-    if missing or unexpected:
-        raise ValueError(f"{p / 'model.safetensors'} does not match its config: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}")
+    net = load_clap_net(p)
     return InHouseClap(net, name=c.get("source", {}).get("name", p.name), device=device)
 
 

@@ -244,6 +244,9 @@ class Pipeline:
             if not prompts:
                 raise ValueError("prompts is empty")
             for p in prompts:
+                if (isinstance(p, tuple) and len(p) == 3 and p[0] == "audio" and self.is_conditional
+                        and self.model.conditioner.name == "clap_inhouse"):
+                    continue  # an audio prompt ("audio", clip [T], sample_rate): embedded by the in-house CLAP
                 if not isinstance(p, str) or not p.strip():
                     raise ValueError(f"every prompt must be a non-empty string, got {p!r}")
                 if self.labels is not None and p not in self.labels:

@@ -32,6 +32,7 @@ CONDITIONING_INPUTS = {
     "number": "prompt",
     "timing": "timing",
     "clap_audio": "audio",
+    "clap_inhouse": "prompt",  # a text, or ("audio", clip [T], sample_rate): the in-house CLAP embeds both
     "composed": "components",
 }
 

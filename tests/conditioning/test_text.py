@@ -188,7 +188,7 @@ def test_minilm_missing_wheel_says_pip_install(monkeypatch):
 
 
 def test_registry_names_all_exercised():
-    assert set(CONDITIONERS) == {"sentence", "clap_text", "clip_text", "t5", "clap_audio", "class_label", "number",
+    assert set(CONDITIONERS) == {"sentence", "clap_text", "clip_text", "t5", "clap_audio", "clap_inhouse", "class_label", "number",
                                  "timing", "composed"}
     for name, cls in CONDITIONERS.items():
         assert cls.name == name and cls.config_cls.type == name

@@ -27,7 +27,7 @@ def _evaluate(args) -> int:
                           calibration=_calibration(args.calibration), resynthesis=args.resynthesis,
                           noise=not args.no_noise, classifier=args.classifier, clap=args.clap,
                           classifier_steps=args.classifier_steps, loudness=args.loudness, bootstrap=args.bootstrap,
-                          seed=args.seed, layout=args.layout, limit=args.limit,
+                          seed=args.seed, layout=args.layout, limit=args.limit, protocol=args.protocol,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -67,6 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", default="folder", help="dataset layout of the reference and calibration folders")
     p.add_argument("--limit", type=int, default=0, help="score only the first N clips of each set (0 = all)")
+    p.add_argument("--protocol", metavar="MANIFEST",
+                   help="a protocol manifest (JSON or JSONL of clip ids and captions): exactly those clips are scored")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--report", help="write the report as Markdown")
     p.set_defaults(func=_evaluate)

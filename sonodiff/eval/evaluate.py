@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["METRICS", "EMBEDDINGS", "ClipSet", "load_set", "evaluate", "Report", "load_classifier",
+__all__ = ["METRICS", "EMBEDDINGS", "ClipSet", "load_set", "load_protocol", "evaluate", "Report", "load_classifier",
            "save_classifier"]
 
 METRICS = ("frechet", "kad", "clap", "accuracy", "wer", "speaker", "pitch", "pesq", "stoi", "mel", "sisdr")
@@ -115,8 +115,43 @@ def _parse_spec(spec: str) -> tuple[Path, dict[str, set[str]]]:
     return Path(root), filters
 
 
-def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: int = 0) -> ClipSet:
-    """Read a set (see the module docstring). Unreadable files are an error naming the file."""
+def load_protocol(path: str | Path) -> dict:
+    """A protocol manifest: the clips (by id) and fields of a published or house evaluation, so that anyone with the
+    audio scores the same clips with the same captions. JSON ``{"name", "description", "clips": [{"id", "caption",
+    "label", ...}]}`` or JSONL (one clip per line; the name is the file's stem). A clip's id is its file's stem (or
+    a sidecar / metadata ``id``). ``captions`` (a list, as AudioCaps gives five) sets ``caption`` to its first entry.
+    Returns ``{"name", "description", "clips": {id: fields}}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"protocol manifest {p} not found")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".jsonl":
+            body = {"name": p.stem, "clips": [json.loads(line) for line in text.splitlines() if line.strip()]}
+        else:
+            body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"protocol manifest {p}: not valid JSON ({e})") from None
+    clips = {}
+    for i, c in enumerate(body.get("clips", [])):
+        if not isinstance(c, dict) or not str(c.get("id", "")).strip():
+            raise ValueError(f"protocol manifest {p}: clip {i} has no 'id'")
+        c = dict(c)
+        if isinstance(c.get("captions"), list) and c["captions"] and "caption" not in c:
+            c["caption"] = c["captions"][0]
+        if str(c["id"]) in clips:
+            raise ValueError(f"protocol manifest {p}: clip id {c['id']!r} is listed twice")
+        clips[str(c["id"])] = c
+    if not clips:
+        raise ValueError(f"protocol manifest {p} lists no clips")
+    return {"name": body.get("name", p.stem), "description": body.get("description", ""), "clips": clips}
+
+
+def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: int = 0,
+             protocol: dict | None = None) -> ClipSet:
+    """Read a set (see the module docstring). Unreadable files are an error naming the file. ``protocol``
+    (:func:`load_protocol`): keep exactly the listed clips, with the manifest's fields; a listed clip that is
+    missing is an error."""
     from sonodiff.audio.io import load_audio
 
     root, filters = _parse_spec(spec)
@@ -149,6 +184,16 @@ def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: 
                  "split": it.split, **{k: v for k, v in it.meta.items() if isinstance(v, (str, int, float))}}
             f.setdefault("note", it.meta.get("note"))
             rows.append((it.path, f))
+    if protocol is not None:
+        listed = protocol["clips"]
+        ids = [str(f.get("id") or Path(rel).stem) for rel, f in rows]
+        found = {i: (rel, f) for i, (rel, f) in zip(ids, rows) if i in listed}
+        missing = [i for i in listed if i not in found]
+        if missing:
+            raise ValueError(f"set {spec!r}: {len(missing)} of the {len(listed)} clips of protocol "
+                             f"{protocol['name']!r} are missing (e.g. {missing[:3]}); clips are matched by file stem "
+                             f"or 'id'")
+        rows = [(found[i][0], {**found[i][1], **{k: v for k, v in listed[i].items() if k != "id"}}) for i in listed]
     for k, allowed in filters.items():
         if rows and all(k not in f for _, f in rows):
             raise ValueError(f"set {spec!r}: no clip has a field {k!r} to filter on")
@@ -364,7 +409,9 @@ class Report:
         s = self.settings
         out = [f"# sonodiff evaluate: {s['evaluated']}", "", f"Reference: `{s['reference']}` ({s['reference_n']} clips). "
                f"Embedding: {s.get('embedding_description', '-')}. Preprocessing: {s['preprocessing']}. Bootstrap: "
-               f"{s['bootstrap']} resamplings, seed {s['seed']} (95% intervals in brackets).", "", *lines]
+               f"{s['bootstrap']} resamplings, seed {s['seed']} (95% intervals in brackets)." +
+               (f" Protocol: {s['protocol']['name']} ({s['protocol']['clips']} clips)." if s.get("protocol") else ""),
+               "", *lines]
         if self.notes:
             out += ["", "Notes:", *[f"- {n}" for n in self.notes]]
         return "\n".join(out) + "\n"
@@ -427,12 +474,14 @@ def evaluate(generated: str | ClipSet, reference: str | ClipSet, metrics=("frech
              embedding: str = "classifier", calibration: dict[str, str] | None = None, resynthesis: str | None = None,
              noise: bool = True, classifier: str | Path | None = None, clap: str | None = "clap_corpus",
              classifier_steps: int = 600, classifier_seconds: float | None = None, classifier_options: dict | None = None, loudness: str = "none",
-             bootstrap: int = 200, seed: int = 0, layout: str = "folder", limit: int = 0, log=print) -> Report:
+             bootstrap: int = 200, seed: int = 0, layout: str = "folder", limit: int = 0,
+             protocol: str | Path | None = None, log=print) -> Report:
     """Score ``generated`` against ``reference`` (set specs or :class:`ClipSet`), with calibration rows.
 
     ``classifier``: an in-house classifier directory; when it does not exist yet, one is trained on the
     reference's labels (``classifier_steps``) and saved there (None: trained, not saved). ``clap``: a CLAP name
-    or directory (:func:`sonodiff.eval.clap.load_clap`) for the ``clap`` metric and embedding."""
+    or directory (:func:`sonodiff.eval.clap.load_clap`) for the ``clap`` metric and embedding. ``protocol``: a
+    manifest (:func:`load_protocol`) that fixes the evaluated and reference clips and their fields."""
     metrics = tuple(dict.fromkeys(metrics))
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
@@ -441,8 +490,10 @@ def evaluate(generated: str | ClipSet, reference: str | ClipSet, metrics=("frech
         raise ValueError(f"embedding={embedding!r}; valid: {list(EMBEDDINGS)}")
     loudness = check_loudness(loudness)
     t0 = time.time()
-    gen = generated if isinstance(generated, ClipSet) else load_set(generated, layout=layout, limit=limit)
-    ref = reference if isinstance(reference, ClipSet) else load_set(reference, layout=layout)
+    proto = load_protocol(protocol) if protocol is not None else None
+    gen = generated if isinstance(generated, ClipSet) else load_set(generated, layout=layout, limit=limit,
+                                                                    protocol=proto)
+    ref = reference if isinstance(reference, ClipSet) else load_set(reference, layout=layout, protocol=proto)
     gen.name = gen.name if isinstance(generated, ClipSet) else f"{Path(gen.spec).name or gen.spec}"
     for metric, fld in NEEDS.items():  # before anything slow: the evaluated set must carry what its metrics need
         if metric in metrics and not gen.has(fld):
@@ -493,7 +544,8 @@ def evaluate(generated: str | ClipSet, reference: str | ClipSet, metrics=("frech
                 "preprocessing": f"mono, resampled to the embedding's rate, loudness {loudness}",
                 "bootstrap": bootstrap, "seed": seed, "classifier": str(classifier) if classifier else None,
                 "classifier_labels": list(clf.config.labels) if clf is not None else None,
-                "clap": getattr(clap_model, "name", None)}
+                "clap": getattr(clap_model, "name", None),
+                "protocol": {"name": proto["name"], "clips": len(proto["clips"])} if proto else None}
     ref_emb = emb(ref) if emb else None
     ref_by_path = {p: (a, r) for p, a, r in zip(ref.paths, ref.audio, ref.rates)}
     rows = []

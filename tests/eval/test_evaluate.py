@@ -167,3 +167,25 @@ def test_cli_writes_json_and_markdown(sets, tmp_path):
     assert [r["kind"] for r in d["rows"]] == ["evaluated", "calibration"] and d["settings"]["bootstrap"] == 20
     assert "| row | kind | n | Frechet | accuracy | mel distance |" in (tmp_path / "r.md").read_text()
     assert main(["evaluate", str(tmp_path / "nowhere"), "--reference", str(sets / "ref")]) == 2
+
+
+def test_a_protocol_manifest_fixes_the_clips_and_their_fields(sets, tmp_path):
+    from sonodiff.eval.evaluate import load_protocol
+
+    man = tmp_path / "tones_protocol.jsonl"
+    man.write_text("".join(json.dumps({"id": f"c{i:02d}", "captions": [f"tone number {i}", "another"],
+                                       "label": "high" if i % 2 else "low"}) + "\n" for i in range(0, 20, 2)))
+    proto = load_protocol(man)
+    assert proto["name"] == "tones_protocol" and len(proto["clips"]) == 10
+    s = load_set(str(sets / "ref"), protocol=proto)
+    assert s.paths == [f"c{i:02d}.wav" for i in range(0, 20, 2)]
+    assert s.values("caption")[1] == "tone number 2"  # the manifest's fields win over the folder's
+    rep = evaluate(str(sets / "gen"), str(sets / "ref"), metrics=("mel",), protocol=man, noise=False, log=QUIET)
+    assert rep.rows[0]["n"] == 10 and rep.settings["protocol"] == {"name": "tones_protocol", "clips": 10}
+    assert "Protocol: tones_protocol (10 clips)" in rep.to_markdown()
+    man.write_text(man.read_text() + json.dumps({"id": "c99", "caption": "not there"}) + "\n")
+    with pytest.raises(ValueError, match="1 of the 11 clips of protocol 'tones_protocol' are missing.*c99"):
+        load_set(str(sets / "ref"), protocol=load_protocol(man))
+    man.write_text('{"id": "c00"}\n{"id": "c00"}\n')
+    with pytest.raises(ValueError, match="listed twice"):
+        load_protocol(man)

@@ -153,7 +153,23 @@ def _generate(args) -> int:
     from tqdm import tqdm
 
     pipe = _pipe(args)
-    if args.prompts:
+    meta: dict = {}  # output path -> extra sidecar fields (a protocol's clip id and fields)
+    if args.protocol:
+        from sonodiff.eval.evaluate import load_protocol
+
+        if args.prompts or args.prompt is not None:
+            raise ValueError("--protocol gives the prompts (one clip per listed caption): no prompt or --prompts")
+        proto = load_protocol(args.protocol)
+        out_dir = Path(args.out_dir or "outputs")
+        jobs, field = [], "label" if pipe.labels is not None else "caption"
+        for i, (cid, c) in enumerate(proto["clips"].items()):
+            if not c.get(field):
+                raise ValueError(f"--protocol {args.protocol}: clip {cid!r} has no {field!r} to prompt this model with")
+            path = out_dir / f"{cid}{args.format}"
+            jobs.append((str(c[field]), args.seed + i, path))
+            meta[path] = {"id": cid, "protocol": proto["name"],
+                          **{k: v for k, v in c.items() if k in ("caption", "label", "transcript", "speaker", "note")}}
+    elif args.prompts:
         lines = [ln.strip() for ln in Path(args.prompts).read_text().splitlines()]
         prompts = [ln for ln in lines if ln and not ln.startswith("#")]
         if not prompts:
@@ -188,7 +204,8 @@ def _generate(args) -> int:
                                duration_s=args.duration, **_sampling_kwargs(args), **extra)
             _write(path, gen.audio[0], gen.sample_rate,
                    _provenance(pipe, args, prompt, gen.seeds[0], duration_s=args.duration, best_of=args.best_of,
-                               clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {})),
+                               clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {}),
+                               **({"label": prompt} if pipe.labels is not None else {}), **meta.get(path, {})),
                    args.spectrogram)
             print(f"wrote {path}")
             bar.update(1)
@@ -206,6 +223,9 @@ def _generate(args) -> int:
                    seeds=[s for _, s, _ in chunk], duration_s=args.duration, **_sampling_kwargs(args), **extra)
         for (prompt, seed, path), audio in zip(chunk, gen.audio):
             more = {"clap": args.clap, "clap_guidance": args.clap_guidance} if extra else {}
+            if pipe.labels is not None:
+                more["label"] = prompt
+            more.update(meta.get(path, {}))
             _write(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration, **more),
                    args.spectrogram)
             print(f"wrote {path}")
@@ -335,6 +355,9 @@ def add_parser(sub) -> None:
     p.add_argument("-n", type=int, default=1, help="outputs per prompt")
     p.add_argument("--duration", type=float, help="seconds (default: the model's training length; longer = long-form)")
     p.add_argument("--prompts", help="a text file of prompts, one per line (batch; resumable: finished files are skipped)")
+    p.add_argument("--protocol", metavar="MANIFEST",
+                   help="an evaluation protocol (sonodiff evaluate --protocol): one output per listed clip, prompted "
+                        "by its caption (its label for a class-conditional model), named by its id in --out-dir")
     p.add_argument("--out-dir", help="output folder for --prompts (default outputs/)")
     p.add_argument("--format", default=".wav", choices=[".wav", ".flac"], help="file type for --prompts outputs")
     p.add_argument("--batch", type=int, default=8, help="outputs sampled together")

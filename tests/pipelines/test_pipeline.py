@@ -268,3 +268,29 @@ def test_autoguidance_with_a_guide_model(tiny_model_dir, tmp_path):
     codec.save(refit / "codec")
     with pytest.raises(ValueError, match="statistics"):
         pipe.set_guide(refit)
+
+
+def test_cli_generate_protocol_and_best_of(tiny_model_dir, tmp_path):
+    from sonodiff.eval.clap import ClapConfig, ClapNet, save_clap_dir
+
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps({"name": "tiny_protocol", "clips": [{"id": "a1", "label": "low", "caption": "x"},
+                                                                    {"id": "b2", "label": "high"}]}))
+    r = _cli("generate", "--protocol", str(proto), "--out-dir", "o", "--model", str(tiny_model_dir), "--steps", "3",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "o" / "b2.json").read_text())
+    assert side["prompt"] == "high" and side["label"] == "high" and side["id"] == "b2"
+    assert side["protocol"] == "tiny_protocol" and (tmp_path / "o" / "a1.wav").exists()
+    # best-of: N candidates ranked by a CLAP; the sidecar says so and holds the chosen candidate's seed
+    torch.manual_seed(0)
+    net = ClapNet(ClapConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, width=8, embed_dim=16,
+                             text_hidden=32))
+    save_clap_dir(tmp_path / "clap", config=net.config, state=net.state_dict(), source={"name": "tiny"})
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--steps", "3", "--best-of", "3", "--clap",
+             str(tmp_path / "clap"), "--seed", "2", "--out", "best.wav", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "best.json").read_text())
+    assert side["best_of"] == 3 and side["seed"] in (6, 7, 8) and side["label"] == "low"
+    r = _cli("generate", "low", "--model", str(tiny_model_dir), "--best-of", "0", "--out", "z.wav", cwd=tmp_path)
+    assert r.returncode == 2 and "--best-of must be >= 1" in r.stderr

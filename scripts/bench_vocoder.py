@@ -34,16 +34,10 @@ sys.path.insert(0, str(REPO))
 
 
 def mr_mel_distance(a: torch.Tensor, b: torch.Tensor, sr: int) -> float:
-    """Mean L1 distance of natural-log mels at three resolutions (n_fft = 32, 64, 128 ms; 64 bins; floor 1e-5)."""
-    from sonodiff.audio.features import MelConfig, log_mel
+    """Mean L1 distance of natural-log mels at three resolutions (sonodiff.eval.metrics.mel_distance)."""
+    from sonodiff.eval.metrics import mel_distance
 
-    out = []
-    for ms in (32, 64, 128):
-        n = int(sr * ms / 1000)
-        n += n % 2
-        mc = MelConfig(sample_rate=sr, n_fft=n, hop_length=n // 4, n_mels=64, f_min=0.0)
-        out.append((log_mel(a, mc) - log_mel(b, mc)).abs().mean().item())
-    return float(np.mean(out))
+    return mel_distance(a, b, sr)
 
 
 def quality(ref: list[torch.Tensor], deg: list[torch.Tensor], sr: int) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = ("{}", "the sound of {}", "sound effect: {}", "a recording of {}")
 sys.path.insert(0, str(REPO))
 
 
@@ -63,8 +64,14 @@ def main() -> None:
         labels = sorted({r["label"] for r in meta if r["domain"] == "sfx"})
         lt = clap.embed_text(labels)
         sa = torch.stack([emb[r["id"]] for r in sfx])
-        acc = zero_shot_accuracy(sa, lt, [labels.index(r["label"]) for r in sfx])
-        out["zero_shot_sfx"] = {"n": len(sfx), "labels": len(labels), "accuracy": acc, "chance": 1 / len(labels)}
+        truth = [labels.index(r["label"]) for r in sfx]
+        acc = zero_shot_accuracy(sa, lt, truth)
+        # prompt ensembling (Radford et al. 2021): the mean text embedding of a few templates per label
+        ens = torch.stack([clap.embed_text([t.format(l) for t in TEMPLATES]).mean(0) for l in labels])
+        acc_ens = zero_shot_accuracy(sa, torch.nn.functional.normalize(ens, dim=-1), truth)
+        out["zero_shot_sfx"] = {"n": len(sfx), "labels": len(labels), "accuracy": acc,
+                                "accuracy_template_ensemble": acc_ens, "templates": list(TEMPLATES),
+                                "chance": 1 / len(labels)}
     # CLAP score calibration rows on the pool
     g = torch.Generator().manual_seed(args.seed)
     own = (a * t).sum(-1)
@@ -87,7 +94,8 @@ def main() -> None:
     print("\n".join(lines))
     if "zero_shot_sfx" in out:
         z = out["zero_shot_sfx"]
-        print(f"\nzero-shot sfx accuracy: {z['accuracy']:.3f} on {z['n']} clips, {z['labels']} labels (chance {z['chance']:.3f})")
+        print(f"\nzero-shot sfx accuracy: {z['accuracy']:.3f} (label text), {z['accuracy_template_ensemble']:.3f} "
+              f"(ensemble of {len(TEMPLATES)} templates) on {z['n']} clips, {z['labels']} labels (chance {z['chance']:.3f})")
     print("\nCLAP score: " + "; ".join(f"{k} {v:.3f}" for k, v in out["clap_score"].items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ DEFAULT_TEXT_MODEL = "corpus_sfx_mel"  # what `sonodiff generate "..."` uses whe
 
 
 def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
-    """Shipped models of ``kind`` ("diffusion", "vocoder"; None = all): name -> summary (kind, conditioning,
+    """Shipped models of ``kind`` ("diffusion", "vocoder", "clap"; None = all): name -> summary (kind, conditioning,
     sample rate, seconds, labels; a vocoder: its kind, sample rate and mel bins)."""
     out = {}
     for d in sorted(MODELS_DIR.iterdir()):
@@ -25,6 +25,10 @@ def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
             c = json.loads(cfg.read_text())
             k = c.get("kind", "diffusion")
             if kind is not None and k != kind:
+                continue
+            if k == "clap":
+                out[d.name] = {"path": str(d), "kind": "clap", "sample_rate": c["clap"]["sample_rate"],
+                               "embed_dim": c["clap"]["embed_dim"], "steps_trained": c["source"].get("step")}
                 continue
             if k == "vocoder":
                 out[d.name] = {"path": str(d), "kind": "vocoder", "vocoder": c["vocoder"],

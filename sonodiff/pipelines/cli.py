@@ -294,6 +294,10 @@ def _models(args) -> int:
             print(f"{name:20s} {'vocoder':12s} {m['sample_rate']} Hz, {m['n_mels']} mel bins ({m['vocoder']}), trained "
                   f"{m['steps_trained']} steps")
             continue
+        if m["kind"] == "clap":
+            print(f"{name:20s} {'clap':12s} {m['sample_rate']} Hz, {m['embed_dim']}-d text-audio space, trained "
+                  f"{m['steps_trained']} steps")
+            continue
         labels = f" labels={','.join(m['labels'])}" if m["labels"] else ""
         print(f"{name:20s} {m['conditioning']:12s} {m['sample_rate']} Hz, {m['seconds']} s, trained {m['steps_trained']} steps"
               f"{labels}")

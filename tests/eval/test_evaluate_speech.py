@@ -34,11 +34,14 @@ def test_wer_and_speaker_similarity_on_real_spoken_digits(tmp_path):
             x, sr = sf.read(FSDD / "recordings" / f"{d}_{spk}_0.wav", dtype="float32")
             sf.write(gen / f"{d}_{spk}.wav", x, sr)
             (gen / f"{d}_{spk}.json").write_text(json.dumps({"prompt": str(d), "transcript": words[d], "speaker": spk}))
-    rep = evaluate(str(gen), ref, metrics=("wer", "speaker"), bootstrap=0, layout="fsdd", log=QUIET)
+    rep = evaluate(str(gen), ref, metrics=("wer", "speaker", "kad"), embedding="whisper", bootstrap=0, layout="fsdd",
+                   log=QUIET)
     real, noise = rep.rows
     assert real["metrics"]["wer"]["value"] <= 0.34  # whisper tiny.en on isolated 8 kHz digits: most right
     assert noise["metrics"]["wer"]["value"] >= 0.8
     assert real["metrics"]["speaker"]["against"] == "speaker centroids"
+    assert real["metrics"]["kad"]["value"] < noise["metrics"]["kad"]["value"]  # in the Whisper encoder's space
+    assert "Whisper tiny.en encoder" in rep.settings["embedding_description"]
     assert real["metrics"]["speaker"]["value"] > noise["metrics"]["speaker"]["value"] + 0.05
     # the same clips labelled with the other speaker score lower than with their own
     for f in gen.glob("*.json"):

@@ -59,3 +59,20 @@ def test_generate_cli_uses_the_shipped_text_model_without_model_flag(tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     assert sr == 16000 and len(audio) == 32000 and 0.01 < abs(audio).max() <= 1.0
     assert side["model_name"] == "corpus_sfx_mel" and side["prompt"] == "a wailing siren" and side["steps"] == 6
+
+
+def test_shipped_clap_loads_and_embeds_in_one_space():
+    import torch
+
+    from sonodiff.eval.clap import InHouseClap, load_clap
+    from sonodiff.models import MODELS_DIR, list_models
+
+    assert list_models("clap")["clap_corpus"]["embed_dim"] == 256
+    assert sum(f.stat().st_size for f in (MODELS_DIR / "clap_corpus").iterdir()) < 30e6
+    clap = load_clap("clap_corpus")
+    assert isinstance(clap, InHouseClap) and clap.sample_rate == 16000
+    t = clap.embed_text(["a wailing siren", "a slowly wailing siren", "a piano melody in C major, 90 bpm"])
+    assert torch.allclose(t.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert float(t[0] @ t[1]) > float(t[0] @ t[2])
+    a = clap.embed_audio([0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0))], 16000)
+    assert a.shape == (1, 256) and torch.isfinite(a).all()

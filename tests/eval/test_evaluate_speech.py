@@ -22,6 +22,7 @@ def test_text_normalisation_spells_digits_and_drops_punctuation():
     assert normalize_text("It's 3, OK?") == "it's three ok"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (FSDD / "recordings").is_dir(), reason=f"FSDD not found at {FSDD}")
 def test_wer_and_speaker_similarity_on_real_spoken_digits(tmp_path):
     # six test takes of two speakers as the evaluated set (fields from the fsdd layout: transcript, speaker)

@@ -572,11 +572,16 @@ def evaluate(generated: str | ClipSet, reference: str | ClipSet, metrics=("frech
             if s.has("label"):
                 labels = s.values("label")
                 unknown = sorted(set(labels) - set(clf.config.labels))
-                if unknown:
+                if unknown and kind == "evaluated":
                     raise ValueError(f"set {s.spec!r}: labels {unknown[:5]} are not among the classifier's "
                                      f"{list(clf.config.labels)[:10]}")
-                x = _fixed(s.at_rate(clf.config.sample_rate, loudness),
-                           int(round(clf.config.seconds * clf.config.sample_rate)))
+                keep = [i for i, l in enumerate(labels) if l in clf.config.labels]
+                if unknown:  # a calibration set with classes the reference lacks: scored on the others
+                    notes.append(f"{s.name}: accuracy over the {len(keep)} of {len(labels)} clips whose labels the "
+                                 f"classifier knows (the reference has no {unknown[:5]})")
+                labels = [labels[i] for i in keep]
+                clips = s.at_rate(clf.config.sample_rate, loudness)
+                x = _fixed([clips[i] for i in keep], int(round(clf.config.seconds * clf.config.sample_rate)))
                 with torch.no_grad():
                     pred = torch.cat([clf(x[i:i + 128]).argmax(1) for i in range(0, len(x), 128)])
                 hits = (pred == torch.tensor([clf.config.labels.index(l) for l in labels])).double().tolist()

@@ -119,6 +119,7 @@ def _conditioning(name, dirs, clap_audio_dir):
         "clip_text": (f'{{path = "{dirs["clip_text"]}"}}', "caption"),
         "t5": (f'{{path = "{dirs["t5"]}"}}', "caption"),
         "clap_audio": (f'{{path = "{clap_audio_dir}"}}', "caption"),
+        "clap_inhouse": ('{path = "clap_corpus"}', "caption"),  # the shipped in-house CLAP, by name
         "number": ("{dim = 16}", "meta.n"),
         "timing": ("{dim = 16}", "label"),
         "composed": (f'{{conditioners = {{text = {{type = "t5", path = "{dirs["t5"]}"}}, '

@@ -142,16 +142,21 @@ class InHouseClap(ClapLike):
 
     @torch.no_grad()
     def embed_audio(self, audio, sample_rate: int, batch_size: int = 32) -> Tensor:
-        """Each clip is embedded whole (clips in a chunk are padded with silence to the longest)."""
+        """Each clip is embedded whole and alone: clips are batched only with clips of the same length (no padding),
+        so a clip's embedding does not depend on the others or on ``batch_size``."""
         clips = _audio_list(audio, sample_rate, self.sample_rate)
-        out = []
         n_fft = self.net.config.n_fft
-        for i in range(0, len(clips), batch_size):
-            chunk = clips[i:i + batch_size]
-            n = max(max(len(c) for c in chunk), n_fft + 1)
-            a = torch.stack([nn.functional.pad(c, (0, n - len(c))) for c in chunk]).to(self.device)
-            out.append(self.net.embed_mel(self.net.log_mel(a)).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.net.config.embed_dim)
+        clips = [c if len(c) > n_fft else nn.functional.pad(c, (0, n_fft + 1 - len(c))) for c in clips]
+        out = torch.zeros(len(clips), self.net.config.embed_dim)
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_len.setdefault(len(c), []).append(i)
+        for idx in by_len.values():
+            for j in range(0, len(idx), batch_size):
+                part = idx[j:j + batch_size]
+                a = torch.stack([clips[i] for i in part]).to(self.device)
+                out[part] = self.net.embed_mel(self.net.log_mel(a)).cpu()
+        return out
 
 
 class TransformersClap(ClapLike):

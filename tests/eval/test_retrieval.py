@@ -59,3 +59,19 @@ def test_contrastive_loss_treats_equal_captions_as_positives():
     loss2, _ = contrastive_loss(a, a[[1, 0, 2]], ids, torch.tensor(10.0))
     torch.testing.assert_close(loss.sum(), loss2.sum())
     assert zero_shot_accuracy(a, a[[0, 2]], [0, 0, 1]) == 1.0
+
+
+def test_in_house_clap_embeddings_do_not_depend_on_the_batch():
+    from sonodiff.eval.clap import ClapConfig, ClapNet, InHouseClap, clap_score
+
+    torch.manual_seed(0)
+    clap = InHouseClap(ClapNet(ClapConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, width=8,
+                                          embed_dim=16, text_hidden=32)))
+    g = torch.Generator().manual_seed(1)
+    clips = [0.1 * torch.randn(n, generator=g) for n in (3000, 8000, 3000, 5000)]
+    alone = torch.cat([clap.embed_audio([c], 8000) for c in clips])
+    together = clap.embed_audio(clips, 8000, batch_size=2)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    caps = ["a", "b", "c", "d"]
+    s = clap_score(clap, clips, 8000, caps)
+    torch.testing.assert_close(clap_score(clap, clips[::-1], 8000, caps[::-1]), s.flip(0), atol=1e-5, rtol=1e-5)

@@ -30,12 +30,11 @@ A CLAP model directory (``sonodiff export`` of a contrastive run)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,17 +64,15 @@ def contrastive_loss(audio_emb: Tensor, text_emb: Tensor, caption_ids: Tensor, s
 
 # --- inference wrappers -------------------------------------------------------------------------------------
 
-class ClapLike:
+class ClapLike(Protocol):
     """What every CLAP gives: L2-normalised ``embed_text`` and ``embed_audio`` in one space."""
 
     sample_rate: int
     name: str
 
-    def embed_text(self, texts: Sequence[str]) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def embed_text(self, texts: Sequence[str]) -> Tensor: ...
 
-    def embed_audio(self, audio, sample_rate: int) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def embed_audio(self, audio, sample_rate: int) -> Tensor: ...
 
 
 def _audio_list(audio, sample_rate: int, target_rate: int) -> list[Tensor]:
@@ -107,7 +104,7 @@ def _audio_list(audio, sample_rate: int, target_rate: int) -> list[Tensor]:
     return out
 
 
-class InHouseClap(ClapLike):
+class InHouseClap:
     """A trained :class:`ClapNet` with its frozen sentence encoder, for inference (CPU by default)."""
 
     def __init__(self, net: ClapNet, text_encoder=None, name: str = "in-house CLAP", device="cpu") -> None:
@@ -159,7 +156,7 @@ class InHouseClap(ClapLike):
         return out
 
 
-class TransformersClap(ClapLike):
+class TransformersClap:
     """transformers ``ClapModel`` with its tokenizer and ``ClapFeatureExtractor`` from a local ``save_pretrained``
     directory (model, tokenizer and feature extractor saved into one folder, as ``ClapProcessor`` does)."""
 

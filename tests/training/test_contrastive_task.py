@@ -3,8 +3,6 @@ directory that load_clap reads, and recipes it cannot train are clear errors."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -65,18 +63,9 @@ def test_clap_learns_the_captions_and_exports(tones_dir, tmp_path):
 
 
 def test_clap_resume_is_exact(tones_dir, tmp_path):
-    from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
+    from tests.training.conftest import assert_resumes_exactly
 
-    ref = train(_cfg(tones_dir, steps=10), tmp_path / "ref", log=QUIET)
-    shutil.copytree(tmp_path / "ref", tmp_path / "again")
-    shutil.rmtree(tmp_path / "again" / "checkpoints" / "step_00000010")
-    (tmp_path / "again" / "checkpoints" / "latest").unlink(missing_ok=True)
-    more = train(_cfg(tones_dir, steps=10), tmp_path / "again", log=QUIET)
-    assert list(more.losses) == list(ref.losses[5:])
-    a = load_checkpoint(latest_checkpoint(tmp_path / "ref" / "checkpoints"))
-    b = load_checkpoint(latest_checkpoint(tmp_path / "again" / "checkpoints"))
-    for sa, sb in zip(a[:2], b[:2]):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_resumes_exactly(lambda: _cfg(tones_dir, steps=10), tmp_path)
 
 
 def test_clap_recipes_that_cannot_train_are_clear_errors(tones_dir, tmp_path):

@@ -3,8 +3,6 @@ vocoder model directory that the VOCODERS loader reads, and clear errors for rec
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -52,18 +50,9 @@ def test_vocoder_trains_through_the_engine_and_exports(tones_dir, tmp_path):
 
 
 def test_vocoder_resume_is_exact_with_two_optimizers(tones_dir, tmp_path):
-    from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint
+    from tests.training.conftest import assert_resumes_exactly
 
-    ref = train(_cfg(tones_dir, steps=10), tmp_path / "ref", log=QUIET)
-    shutil.copytree(tmp_path / "ref", tmp_path / "again")
-    shutil.rmtree(tmp_path / "again" / "checkpoints" / "step_00000010")
-    (tmp_path / "again" / "checkpoints" / "latest").unlink(missing_ok=True)
-    more = train(_cfg(tones_dir, steps=10), tmp_path / "again", log=QUIET)
-    assert list(more.losses) == list(ref.losses[5:])
-    a = load_checkpoint(latest_checkpoint(tmp_path / "ref" / "checkpoints"))
-    b = load_checkpoint(latest_checkpoint(tmp_path / "again" / "checkpoints"))
-    for sa, sb in zip(a[:2], b[:2]):  # live weights (generator and discriminators) and EMA
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    a, _ = assert_resumes_exactly(lambda: _cfg(tones_dir, steps=10), tmp_path)
     assert set(a[2]["optimizers"]) == {"discriminator", "generator"}
 
 

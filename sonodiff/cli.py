@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.pipelines.cli",
     "sonodiff.pipelines.resynth",
     "sonodiff.eval.cli",
+    "sonodiff.serve.cli",
 )
 
 

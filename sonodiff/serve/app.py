@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceConfig", "create_app", "load_pipelines", "encode_audio", "wav_header"]
+__all__ = ["ServiceConfig", "create_app", "encode_audio", "load_pipelines", "wav_header"]
 
 
 @dataclass
@@ -103,7 +103,7 @@ def create_app(pipelines: dict, config: ServiceConfig | None = None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, Response, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from sonodiff import __version__
     from sonodiff.core import SAMPLERS
@@ -276,14 +276,14 @@ def create_app(pipelines: dict, config: ServiceConfig | None = None):
         try:
             req = GenerateRequest(prompt=prompt, model=model, duration=duration, steps=steps, guidance=guidance,
                                   seed=seed, sampler=sampler)
-        except Exception as e:  # pydantic.ValidationError
+        except ValidationError as e:
             raise RequestValidationError(e.errors()) from None
         try:
             pipe, _ = _check(req)
         except _Bad as b:
             return _error(b.status, b.message, b.field)
         dur = req.duration if req.duration is not None else pipe.train_seconds
-        total = int(round(dur * pipe.sample_rate))
+        total = round(dur * pipe.sample_rate)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()
 

@@ -14,14 +14,18 @@ running batch stops at the next sampler step once none of its jobs is still want
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
-__all__ = ["Job", "StreamJob", "Scheduler", "QueueFull", "Cancelled", "DeadlineExceeded"]
+__all__ = ["Cancelled", "DeadlineExceeded", "Job", "QueueFull", "Scheduler", "StreamJob"]
+
+_log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -211,8 +215,8 @@ class Scheduler:
         if isinstance(j, StreamJob) and j.on_chunk is not None:
             try:
                 j.on_chunk(None, j.future.exception())
-            except Exception:  # noqa: BLE001 - a client callback must not stop the worker
-                pass
+            except Exception as e:  # noqa: BLE001 - a client callback must not stop the worker
+                _log.warning("stream callback of job %s failed: %s", j.id, e)
 
     def _work(self) -> None:
         while True:

@@ -244,7 +244,6 @@ def run_fsdd_row(spec: dict) -> dict:
 
 
 def main_fsdd(args) -> None:
-    import torch
 
     from sonodiff.utils.cpu import cpu_has_fast_bf16
 
@@ -366,7 +365,6 @@ def main() -> None:
     if args.shape == "fsdd":
         main_fsdd(args)
         return
-    import torch
 
     from sonodiff.nn import build_network, unet_config
 

@@ -369,7 +369,8 @@ class Pipeline:
                                       negative_prompt=negative_prompt, num_steps=num_steps, sampler=sampler,
                                       schedule=schedule, guidance_scale=guidance_scale,
                                       guidance_interval=guidance_interval, sampler_options=sampler_options,
-                                      schedule_options=schedule_options, cfg_rescale=cfg_rescale, seeds=seeds))
+                                      schedule_options=schedule_options, cfg_rescale=cfg_rescale, seeds=seeds,
+                                      callback=callback))
             rows, seeds = self._rows(prompts, num_per_prompt, seeds)
             audio = torch.cat(chunks, dim=-1)[..., : int(round(duration_s * self.sample_rate))]
             return Generation(audio, self.sample_rate, tuple(seeds), tuple(rows), torch.empty(0))
@@ -431,7 +432,7 @@ class Pipeline:
                              sampling["schedule_options"])
 
     def _edit_sample(self, x_known: Tensor, mask: Tensor, rows, seeds, negative_prompt, method: str, sampling: dict,
-                     duration_s: float, start_s: float = 0.0):
+                     duration_s: float, start_s: float = 0.0, callback=None):
         from sonodiff.core.editing import inpaint, repaint
 
         D, cond = self._guided(rows, negative_prompt, sampling, duration_s, start_s)
@@ -441,15 +442,19 @@ class Pipeline:
         x = (x * sigmas[0]).to(self.device)
         if method == "replace":
             return inpaint(D, x_known, mask, x, sigmas.to(self.device), sampling["sampler"], cond=cond, generator=gens,
-                           **sampling["sampler_options"])
+                           callback=callback, **sampling["sampler_options"])
         if method == "repaint":
+            if callback is not None:
+                raise ValueError("method='repaint' takes its own jump-back path and reports no per-step callback; "
+                                 "use method='replace'")
             return repaint(D, x_known, mask, sigmas.to(self.device), cond=cond, generator=gens)
         raise ValueError(f"unknown inpainting method {method!r}; valid: ['repaint', 'replace']")
 
     @torch.no_grad()
     def inpaint(self, audio: Tensor, sample_rate: int, start_s: float, end_s: float, prompts=None, *,
                 seeds=None, method: str = "replace", negative_prompt=None, num_steps: int | None = None, sampler=None,
-                schedule=None, guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+                schedule=None, guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None,
+                callback=None) -> Generation:
         """Regenerate ``[start_s, end_s)`` of ``audio [C, T]``; the rest is returned unchanged.
 
         Sampling settings as in :meth:`__call__`. ``method="repaint"`` takes RePaint's own ancestral steps, so
@@ -469,7 +474,7 @@ class Pipeline:
         f0, f1 = self._frames(start_s) - 1, self._frames(end_s)
         mask = torch.ones_like(z, dtype=torch.bool)
         mask[..., max(f0, 0):min(f1, z.shape[-1])] = False
-        out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method, sp, dur)
+        out = self._edit_sample(z, mask, rows, seeds, negative_prompt, method, sp, dur, callback=callback)
         gen = features_to_audio(self.codec, out.float().cpu(), length=T, vocoder=self.vocoder)
         a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
         res = torch.stack([_splice(audio, g, a, b, int(FADE_S * sample_rate)) for g in gen])
@@ -478,7 +483,8 @@ class Pipeline:
     @torch.no_grad()
     def continue_audio(self, audio: Tensor, sample_rate: int, duration_s: float, prompts=None, *, seeds=None,
                        negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None,
-                       guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+                       guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None,
+                       callback=None) -> Generation:
         """Continue ``audio [C, T]`` to a total of ``duration_s``; the original prefix is kept exactly.
         Sampling settings as in :meth:`__call__`."""
         duration_s = self._check_duration(duration_s)
@@ -494,7 +500,8 @@ class Pipeline:
         from sonodiff.core.editing import continuation_inputs
 
         x_known, mask = continuation_inputs(z[..., :known_frames].expand(len(rows), *z.shape[1:-1], known_frames), total)
-        out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace", sp, duration_s)
+        out = self._edit_sample(x_known.contiguous(), mask, rows, seeds, negative_prompt, "replace", sp, duration_s,
+                                callback=callback)
         n_out = int(round(duration_s * sample_rate))
         gen = features_to_audio(self.codec, out.float().cpu(), length=n_out, vocoder=self.vocoder)
         fade = int(FADE_S * sample_rate)
@@ -504,7 +511,8 @@ class Pipeline:
     @torch.no_grad()
     def vary(self, audio: Tensor, sample_rate: int, strength: float, prompts=None, *, seeds=None,
              negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None, guidance_scale=None,
-             guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None) -> Generation:
+             guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None,
+             callback=None) -> Generation:
         """SDEdit variation / style transfer of ``audio [C, T]``: strength 0 returns it unchanged, 1 ignores it.
         Sampling settings as in :meth:`__call__`."""
         from sonodiff.core import sample
@@ -524,7 +532,8 @@ class Pipeline:
         sigmas = self._grid(sp)
         x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), sigmas.to(self.device), strength=strength,
                                generator=gens)
-        out = sample(D, x, grid, sp["sampler"], cond=cond, generator=gens, **sp["sampler_options"]) if len(grid) > 1 else x
+        out = (sample(D, x, grid, sp["sampler"], cond=cond, generator=gens, callback=callback, **sp["sampler_options"])
+               if len(grid) > 1 else x)
         res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1], vocoder=self.vocoder)
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
 
@@ -532,14 +541,16 @@ class Pipeline:
     @torch.no_grad()
     def stream(self, prompts=None, *, duration_s: float, num_per_prompt: int = 1, overlap: float = 0.25,
                negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None, guidance_scale=None,
-               guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None, seeds=None) -> Iterator[Tensor]:
+               guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None, seeds=None,
+               callback=None) -> Iterator[Tensor]:
         """Long-form generation as a stream of audio chunks ``[B, C, t]`` (concatenated: ``duration_s``).
 
         Windows of :attr:`max_window_seconds` overlap by ``overlap`` of a window; each window is outpainted from
         the previous one's tail (its first frames are the previous window's last, kept by replacement), and
         consecutive chunks are joined with an equal-power crossfade over the overlap, so there is no click.
         Sampling settings as in :meth:`__call__`; a timing-conditioned model is told each window's offset
-        (``seconds_start``) and the whole length (``seconds_total = duration_s``).
+        (``seconds_start``) and the whole length (``seconds_total = duration_s``). ``callback(info)``: after every
+        sampler step of every window (``info["window"]`` says which).
         """
         duration_s = self._check_duration(duration_s)
         if not 0.0 < overlap < 0.9:
@@ -557,16 +568,18 @@ class Pipeline:
         z_prev = None
         while emitted < total:
             win_seeds = [s * 1_000_003 + k for s in seeds]  # window k of sample s: independent of the batch
+            cb = None if callback is None else (lambda info, k=k: callback({**info, "window": k}))
             if z_prev is None:
                 z = generate_latents(self.model.denoiser, shape + (W,), win_seeds, cond=cond, negative=negative,
-                                     device=self.device, max_rows=self.max_rows, guide=self._guide_denoiser(), **sp)
+                                     device=self.device, max_rows=self.max_rows, guide=self._guide_denoiser(),
+                                     callback=cb, **sp)
             else:
                 x_known = torch.zeros((len(rows),) + shape + (W,), dtype=torch.float64, device=self.device)
                 x_known[..., :O] = z_prev[..., -O:]
                 mask = torch.zeros_like(x_known, dtype=torch.bool)
                 mask[..., :O] = True
                 z = self._edit_sample(x_known, mask, rows, win_seeds, negative_prompt, "replace", sp, duration_s,
-                                      start_s=k * (W - O) * hop_s).float()
+                                      start_s=k * (W - O) * hop_s, callback=cb).float()
             audio = features_to_audio(self.codec, z.cpu(), length=int(round((W - 1) * hop_s * self.sample_rate)), vocoder=self.vocoder)
             ov = int(round((O - 1) * hop_s * self.sample_rate))
             if prev_tail is None:

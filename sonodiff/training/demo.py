@@ -18,7 +18,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "_", str(text)).strip("_")[:40] or "uncond"
 
 
-def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "numpy.ndarray":
+def spectrogram_png(path: str | Path, feats: torch.Tensor, title: str = "") -> "np.ndarray":  # noqa: F821 - numpy is imported where it is used
     """Save a ``[n_mels, frames]`` (or ``[C, n_mels, frames]``) feature image as PNG; return it as HWC uint8."""
     import matplotlib
 

@@ -49,6 +49,10 @@ def test_continuation_keeps_prefix_and_reaches_length(tiny_model_dir, tone):
     assert out.shape == (1, int(0.9 * 8000))
     assert torch.equal(out[:, :tone.shape[-1]], tone)
     assert out[:, tone.shape[-1]:].abs().max() > 0
+    seen = []
+    pipe.continue_audio(tone, 8000, 0.9, ["low"], seeds=[2], callback=lambda info: seen.append(info["i"]), **FAST)
+    pipe.inpaint(tone, 8000, 0.1, 0.3, ["low"], seeds=[1], callback=lambda info: seen.append(info["i"]), **FAST)
+    assert seen == list(range(FAST["num_steps"])) * 2
 
 
 def test_variation_strength_zero_returns_input(tiny_model_dir, tone):
@@ -64,8 +68,11 @@ def test_long_form_duration_and_no_clicks(tiny_uncond_dir):
     assert len(chunks) > 2
     audio = torch.cat(chunks, dim=-1)
     assert audio.shape == (1, 1, 16000)
-    full = pipe(duration_s=2.0, seeds=[0], **FAST).audio
+    steps = []
+    full = pipe(duration_s=2.0, seeds=[0], callback=lambda info: steps.append((info["window"], info["i"])), **FAST).audio
     torch.testing.assert_close(full, audio)
+    # the per-step callback reaches every step of every window of a long-form call (a server stops work with it)
+    assert steps == [(k, i) for k in range(len(chunks)) for i in range(FAST["num_steps"])]
     # no click at window joins: the largest sample-to-sample jump anywhere near a join is within the
     # signal's normal variation (99.9th percentile of all jumps, times 2)
     d = audio[0, 0].diff().abs()

@@ -272,3 +272,26 @@ def test_stream_disconnect_stops_generating(pipes):
         n = sched.stats["stream_chunks"]
         time.sleep(0.5)
         assert sched.stats["stream_chunks"] == n < 60  # far fewer windows than 30 s would take, and no more after
+
+
+def test_post_disconnect_cancels_the_work(pipes):
+    """A client that sends POST /generate and hangs up before the answer: its clip stops generating."""
+    app = create_app(pipes, ServiceConfig(max_duration_s=60))
+    sched = app.state.scheduler
+    with _Server(app) as srv:
+        body = json.dumps({"prompt": "high", "model": "tiny_labels", "duration": 5, "steps": 200}).encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for _ in range(200):
+            if sched.stats["sampler_steps"] > 0:
+                break
+            time.sleep(0.02)
+        s.close()
+        for _ in range(200):
+            if sched.stats["cancelled"] or sched.stats["aborted_batches"]:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert sched.stats["completed"] == 0 and sched.stats["sampler_steps"] < 200, dict(sched.stats)
+        assert sched.stats["cancelled"] == 1, str(sched.stats)

@@ -28,7 +28,6 @@ def _losses(run_dir):
 
 
 def test_tiny_debug_trains_and_exports(tones_dir, tmp_path):
-    from safetensors.torch import load_file
 
     from sonodiff.models.model_dir import load_model_dir
     from sonodiff.training.checkpoint import latest_checkpoint, load_checkpoint

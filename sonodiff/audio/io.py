@@ -33,6 +33,7 @@ __all__ = [
     "peak_normalize",
     "resample",
     "rms_normalize",
+    "scale_down_peak",
     "save_audio",
     "silence_bounds",
     "trim_silence",
@@ -180,6 +181,15 @@ def save_audio(
 
 def _db_gain(audio: Tensor, gain_db: Tensor) -> Tensor:
     return audio * (10.0 ** (gain_db / 20.0)).to(audio.dtype)
+
+
+def scale_down_peak(audio: Tensor, ceiling: float = 0.999) -> tuple[Tensor, float | None]:
+    """Generated audio can overshoot full scale: ``audio`` with a peak over 1 scaled so its peak is ``ceiling``
+    (never clipped), and that peak for the sidecar (``scaled_from_peak``); audio within range as is and ``None``."""
+    peak = float(audio.abs().max()) if audio.numel() else 0.0
+    if peak > 1.0:
+        return audio / peak * ceiling, peak
+    return audio, None
 
 
 def peak_normalize(audio: Tensor, target_db: float = -1.0) -> Tensor:

@@ -36,41 +36,17 @@ def _pipe(args):
 
 
 def _provenance(pipe, args, prompt, seed, **extra) -> dict:
-    from sonodiff import __version__
-
-    kw = _sampling_kwargs(args)  # the settings as resolved against the model's defaults, for the sidecar
-    sp = pipe._sampling(args.steps, kw["sampler"], kw["schedule"], kw["guidance_scale"], "model", kw["sampler_options"],
-                        kw["schedule_options"], kw["cfg_rescale"])
-    return {"prompt": prompt, "seed": seed, "steps": sp["num_steps"], "sampler": sp["sampler"],
-            "sampler_options": sp["sampler_options"], "schedule": sp["schedule"],
-            "schedule_options": sp["schedule_options"], "cfg_rescale": sp["cfg_rescale"],
-            "guidance_scale": args.cfg if args.cfg is not None else pipe.config["sampling"]["guidance_scale"],
-            "guidance_interval": (pipe.config["sampling"].get("guidance_interval") if args.cfg_interval is None
-                                  else None if args.cfg_interval == ["all"] else list(_interval(args.cfg_interval))),
-            "negative_prompt": getattr(args, "negative", None),
-            # the model as the user named it (a shipped name, or the path as given), never this machine's path
-            "model": str(args.model) if args.model else pipe.config["source"].get("name"),
-            "model_name": pipe.config["source"].get("name"), "weights_sha256_16": pipe.config.get("weights_sha256_16"),
-            "vocoder": _short(pipe.vocoder.name) if pipe.vocoder is not None else None,
-            "guide": _short(pipe.guide_path) if pipe.guide is not None else None,
-            "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
-
-
-def _short(path: str) -> str:
-    """A shipped part by its name, anything else as given (no machine-specific absolute paths in sidecars)."""
-    from sonodiff.models import MODELS_DIR
-
-    p = Path(path)
-    return p.name if p.parent == MODELS_DIR or MODELS_DIR in p.parents else str(path)
+    # the model as the user named it (a shipped name, or the path as given), never this machine's path
+    return pipe.provenance(prompt, seed, model=str(args.model) if args.model else None,
+                           **{"negative_prompt": None, **_sampling_kwargs(args)}, **extra)
 
 
 def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, features=None) -> None:
-    from sonodiff.audio.io import save_audio
+    from sonodiff.audio.io import save_audio, scale_down_peak
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    peak = float(audio.abs().max())
-    if peak > 1.0:  # generated audio can overshoot: scale it down and say so in the sidecar
-        audio = audio / peak * 0.999
+    audio, peak = scale_down_peak(audio)  # generated audio can overshoot: scaled down, and the sidecar says so
+    if peak is not None:
         sidecar = {**sidecar, "scaled_from_peak": peak}
     save_audio(path, audio, sr, sidecar=sidecar)
     if spectrogram:

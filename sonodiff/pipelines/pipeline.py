@@ -216,6 +216,29 @@ class Pipeline:
             f = self.codec.analyze(torch.zeros(1, self.codec.channels, self.sample_rate // 10))
         return tuple(f.shape[1:-1])
 
+    def provenance(self, prompt, seed: int, *, model: str | None = None, num_steps: int | None = None, sampler=None,
+                   schedule=None, guidance_scale=None, guidance_interval="model", sampler_options=None,
+                   schedule_options=None, cfg_rescale=None, negative_prompt=None, **extra) -> dict:
+        """The sidecar of one generated clip: prompt, seed, every sampling setting as resolved against the model's
+        defaults (the same arguments as :meth:`__call__`), the model as the user named it (``model``; default its
+        own name), its weights' hash, vocoder and guide, plus ``extra`` (e.g. ``duration_s``). Shipped parts are
+        named, never this machine's paths; the CLI, the HTTP service and the demo all write this."""
+        from sonodiff import __version__
+
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
+        gi = sp["guidance_interval"]
+        name = self.config["source"].get("name")
+        return {"prompt": prompt, "seed": seed, "steps": sp["num_steps"], "sampler": sp["sampler"],
+                "sampler_options": sp["sampler_options"], "schedule": sp["schedule"],
+                "schedule_options": sp["schedule_options"], "cfg_rescale": sp["cfg_rescale"],
+                "guidance_scale": sp["guidance_scale"], "guidance_interval": None if gi is None else list(gi),
+                "negative_prompt": negative_prompt, "model": str(model) if model else name, "model_name": name,
+                "weights_sha256_16": self.config.get("weights_sha256_16"),
+                "vocoder": _short_path(self.vocoder.name) if self.vocoder is not None else None,
+                "guide": _short_path(self.guide_path) if self.guide is not None else None,
+                "sample_rate": self.sample_rate, "sonodiff_version": __version__, **extra}
+
     # ------------------------------------------------------------------ argument checks
     def _check_duration(self, duration_s) -> float:
         if duration_s is None:
@@ -593,6 +616,14 @@ class Pipeline:
             emitted += chunk.shape[-1]
             prev_tail, z_prev, k = tail, z, k + 1
             yield chunk
+
+
+def _short_path(path: str) -> str:
+    """A shipped part by its name, anything else as given (no machine-specific absolute paths in sidecars)."""
+    from sonodiff.models import MODELS_DIR
+
+    p = Path(path)
+    return p.name if p.parent == MODELS_DIR or MODELS_DIR in p.parents else str(path)
 
 
 def _splice(orig: Tensor, gen: Tensor, a: int, b: int, fade: int) -> Tensor:

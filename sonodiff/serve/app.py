@@ -79,10 +79,9 @@ def encode_audio(audio, sample_rate: int, fmt: str) -> tuple[bytes, float | None
     (recorded in the provenance as ``scaled_from_peak``), never clipped."""
     import soundfile as sf
 
-    peak = float(audio.abs().max()) if audio.numel() else 0.0
-    scaled = None
-    if peak > 1.0:
-        audio, scaled = audio / peak * 0.999, peak
+    from sonodiff.audio.io import scale_down_peak
+
+    audio, scaled = scale_down_peak(audio)
     buf = io.BytesIO()
     sf.write(buf, audio.detach().float().cpu().numpy().T, sample_rate, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue(), scaled
@@ -185,14 +184,10 @@ def create_app(pipelines: dict, config: ServiceConfig | None = None):
         return {k: v for k, v in s.items() if v is not None}
 
     def _provenance(pipe, req, prompt, seed, **extra) -> dict:
-        sp = pipe._sampling(req.steps, req.sampler, None, req.guidance, "model")
-        return {"prompt": prompt, "seed": seed, "model": req.model, "model_name": pipe.config["source"].get("name"),
-                "weights_sha256_16": pipe.config.get("weights_sha256_16"), "steps": sp["num_steps"],
-                "sampler": sp["sampler"], "schedule": sp["schedule"], "guidance_scale": sp["guidance_scale"],
-                "duration_s": req.duration if req.duration is not None else pipe.train_seconds,
-                "vocoder": Path(pipe.vocoder.name).name if getattr(pipe, "vocoder", None) is not None else None,
-                "guide": Path(pipe.guide_path).name if pipe.guide is not None else None,
-                "sample_rate": pipe.sample_rate, "sonodiff_version": __version__, **extra}
+        return pipe.provenance(prompt, seed, model=req.model, num_steps=req.steps, sampler=req.sampler,
+                               guidance_scale=req.guidance,
+                               **{"duration_s": req.duration if req.duration is not None else pipe.train_seconds,
+                                  **extra})
 
     def _save(data: bytes, fmt: str, sidecar: dict) -> str | None:
         if out_dir is None:

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.pipelines.resynth",
     "sonodiff.eval.cli",
     "sonodiff.serve.cli",
+    "sonodiff.serve.listen",
 )
 
 

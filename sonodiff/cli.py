@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sonodiff.eval.cli",
     "sonodiff.serve.cli",
     "sonodiff.serve.listen",
+    "sonodiff.serve.demo",
 )
 
 

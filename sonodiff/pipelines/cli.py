@@ -50,10 +50,11 @@ def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, feature
         sidecar = {**sidecar, "scaled_from_peak": peak}
     save_audio(path, audio, sr, sidecar=sidecar)
     if spectrogram:
-        _spectrogram(path.with_suffix(".png"), audio, sr, title=str(sidecar.get("prompt") or ""))
+        save_spectrogram(path.with_suffix(".png"), audio, sr, title=str(sidecar.get("prompt") or ""))
 
 
-def _spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
+def save_spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
+    """A PNG of the power spectrogram (dB, 100 dB range) of the first channel of ``audio [C, T]``."""
     import matplotlib
 
     matplotlib.use("Agg")

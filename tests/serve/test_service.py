@@ -21,6 +21,7 @@ from sonodiff.pipelines import Pipeline
 from sonodiff.serve.app import ServiceConfig, create_app
 from sonodiff.serve.scheduler import Job, QueueFull, Scheduler
 from tests.pipelines.conftest import make_model_dir
+from tests.serve.conftest import UvicornServer as _Server
 
 
 @pytest.fixture(scope="module")
@@ -194,36 +195,6 @@ def test_time_limit_is_504_and_stops_the_work(pipes):
                 break
             time.sleep(0.05)
         assert s.stats["completed"] == 0 and s.stats["sampler_steps"] < 200
-
-
-class _Server:
-    """A real uvicorn server on a free 127.0.0.1 port, in a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("uvicorn did not start")
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
 
 def test_stream_first_audio_arrives_early_and_matches_pipeline(pipes):

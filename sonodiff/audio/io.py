@@ -183,10 +183,11 @@ def _db_gain(audio: Tensor, gain_db: Tensor) -> Tensor:
     return audio * (10.0 ** (gain_db / 20.0)).to(audio.dtype)
 
 
-def scale_down_peak(audio: Tensor, ceiling: float = 0.999) -> tuple[Tensor, float | None]:
-    """Generated audio can overshoot full scale: ``audio`` with a peak over 1 scaled so its peak is ``ceiling``
-    (never clipped), and that peak for the sidecar (``scaled_from_peak``); audio within range as is and ``None``."""
-    peak = float(audio.abs().max()) if audio.numel() else 0.0
+def scale_down_peak(audio, ceiling: float = 0.999):
+    """Generated audio can overshoot full scale: ``audio`` (a tensor or a numpy array) with a peak over 1 scaled so
+    its peak is ``ceiling`` (never clipped), and that peak for the sidecar (``scaled_from_peak``); audio within
+    range as is and ``None``."""
+    peak = float(abs(audio).max()) if 0 not in audio.shape else 0.0
     if peak > 1.0:
         return audio / peak * ceiling, peak
     return audio, None

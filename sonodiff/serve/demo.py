@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = ["Demo", "add_parser", "build_demo"]
@@ -32,8 +33,12 @@ class Demo:
         self.max_duration_s = max_duration_s
         self._own_dir = out_dir is None
         self.out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sonodiff-demo-"))
+        # one thread does all model work: gradio calls handlers from a pool of threads, and every thread that runs
+        # torch keeps its own OpenMP team (more teams than cores throttle them all; see serve.app.load_pipelines)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="sonodiff-demo")
 
     def close(self) -> None:
+        self._worker.shutdown(wait=True)
         if self._own_dir:
             shutil.rmtree(self.out_dir, ignore_errors=True)
 
@@ -85,6 +90,18 @@ class Demo:
         return str(wav), str(stem.with_suffix(".png")), str(stem.with_suffix(".json")), sidecar
 
     def generate(self, model, prompt, duration, steps, guidance, seed, sampler, progress=None):
+        """Generate one clip -> (clip path, spectrogram path, sidecar path, sidecar); bad values raise
+        :class:`DemoError` naming the field."""
+        return self._worker.submit(self._generate, model, prompt, duration, steps, guidance, seed, sampler,
+                                   progress).result()
+
+    def edit(self, model, clip, mode, start, end, duration, prompt, steps, guidance, seed, sampler, progress=None):
+        """``mode`` "inpaint": regenerate ``[start, end)`` s of the clip; "continue": extend it to ``duration`` s.
+        The clip is resampled to the model's rate and mixed to its channels (the sidecar says so)."""
+        return self._worker.submit(self._edit, model, clip, mode, start, end, duration, prompt, steps, guidance,
+                                   seed, sampler, progress).result()
+
+    def _generate(self, model, prompt, duration, steps, guidance, seed, sampler, progress=None):
         pipe = self._pipe(model)
         p = self._prompt(pipe, model, prompt)
         s = self._settings(duration, steps, guidance, seed, sampler)
@@ -95,9 +112,7 @@ class Demo:
                                guidance_scale=s["guidance_scale"], duration_s=s["duration_s"], via="sonodiff demo")
         return self._write(pipe, gen.audio[0], side)
 
-    def edit(self, model, clip, mode, start, end, duration, prompt, steps, guidance, seed, sampler, progress=None):
-        """``mode`` "inpaint": regenerate ``[start, end)`` s of the clip; "continue": extend it to ``duration`` s.
-        The clip is resampled to the model's rate and mixed to its channels (the sidecar says so)."""
+    def _edit(self, model, clip, mode, start, end, duration, prompt, steps, guidance, seed, sampler, progress=None):
         from sonodiff.audio.io import load_audio
 
         pipe = self._pipe(model)

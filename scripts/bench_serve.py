@@ -13,7 +13,6 @@ number of clients (the issue's goal: at least 1.5 at 16 clients). Then one strea
 """
 
 import argparse
-import json
 import os
 import socket
 import statistics

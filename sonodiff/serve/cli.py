@@ -26,10 +26,20 @@ def _serve(args) -> int:
     return 0
 
 
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "gradio": "demo"}
+
+
 def _guard(fn):
     def run(args) -> int:
         try:
             return fn(args)
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            print(f"error: `sonodiff {args.command}` needs {top}: pip install -e \".[{EXTRAS[top]}]\" "
+                  f"(or pip install {top})", file=sys.stderr)
+            return 2
         except (ValueError, FileNotFoundError, KeyError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -243,6 +243,9 @@ def build_demo(demo: Demo):
 
 
 def _demo(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio  # noqa: F401 - before loading models: a missing extra is said at once
+
     from sonodiff.serve.app import load_pipelines
 
     if args.threads:

@@ -86,3 +86,14 @@ def test_inpaint_and_continue_an_uploaded_clip(demo, tmp_path):
         demo.edit("tiny_labels", str(tmp_path / "junk.wav"), "inpaint", 0.1, 0.2, None, "low", 4, 2.0, 1, "euler")
     with pytest.raises(DemoError, match="^mode:"):
         demo.edit("tiny_labels", str(clip), "reverse", 0.1, 0.2, None, "low", 4, 2.0, 1, "euler")
+
+
+@pytest.mark.parametrize("command, module, extra", [("demo", "gradio", "demo"), ("serve", "uvicorn", "serve")])
+def test_a_missing_extra_is_named(monkeypatch, capsys, command, module, extra):
+    import sys
+
+    from sonodiff.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    assert main([command, "--model", "does-not-matter"]) == 2
+    assert f'pip install -e ".[{extra}]"' in capsys.readouterr().err

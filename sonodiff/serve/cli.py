@@ -47,15 +47,20 @@ def _guard(fn):
     return run
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="an HTTP API over the models (generate, stream, models, health)")
+def model_arguments(p, port: int) -> None:
+    """The flags `serve` and `demo` share: which models, where to listen, the device and torch threads."""
     p.add_argument("--model", action="append", help="a shipped model name or exported directory (repeat; default: "
                    "every shipped diffusion model)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="model worker threads sharing the queue (default 1)")
+    p.add_argument("--port", type=int, default=port)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="an HTTP API over the models (generate, stream, models, health)")
+    model_arguments(p, port=8000)
+    p.add_argument("--workers", type=int, default=1, help="model worker threads sharing the queue (default 1)")
     p.add_argument("--max-batch", type=int, default=8, help="clips per network call across clients (default 8)")
     p.add_argument("--no-batching", action="store_true", help="serve requests one by one (max batch 1)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits for companions")

@@ -265,15 +265,10 @@ def _demo(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from sonodiff.serve.cli import _guard
+    from sonodiff.serve.cli import _guard, model_arguments
 
     p = sub.add_parser("demo", help="a web page to try the models (prompt, play, spectrogram, inpaint/continue)")
-    p.add_argument("--model", action="append", help="a shipped model name or exported directory (repeat; default: "
-                   "every shipped diffusion model)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    model_arguments(p, port=7860)
     p.add_argument("--max-duration", type=float, default=30.0, help="longest clip the page offers (s)")
     p.set_defaults(func=_guard(_demo))
 

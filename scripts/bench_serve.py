@@ -41,7 +41,10 @@ class Server:
             cmd += ["--model", m]
         if not batching:
             cmd.append("--no-batching")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        import tempfile
+
+        self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty server must never block on its output
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
@@ -50,7 +53,8 @@ class Server:
         end = time.monotonic() + 180
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read()[-3000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
@@ -99,6 +103,8 @@ def load(url, model, prompts, clients, per_client):
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    if not lat:
+        raise RuntimeError(f"every request of {clients} client(s) failed: statuses {sorted(set(errors))}")
     return {"clients": clients, "requests": clients * per_client, "ok": len(lat), "errors": errors,
             "wall_s": wall, "clips_per_s": len(lat) / wall, "p50_s": pct(lat, 50), "p90_s": pct(lat, 90),
             "p99_s": pct(lat, 99), "mean_s": statistics.fmean(lat)}

@@ -68,7 +68,7 @@ class Demo:
 
         for name, v, lo, hi in (("duration", duration, 0.05, self.max_duration_s), ("steps", steps, 1, 200),
                                 ("guidance", guidance, 0, 30), ("seed", seed, 0, 2**31 - 1)):
-            if v is None or not lo <= float(v) <= hi:
+            if not lo <= _number(name, v) <= hi:
                 raise DemoError(f"{name}: must be between {lo} and {hi}, got {v!r}")
         if sampler not in SAMPLERS:
             raise DemoError(f"sampler: unknown sampler {sampler!r}; valid: {sorted(SAMPLERS)}")
@@ -106,7 +106,7 @@ class Demo:
         p = self._prompt(pipe, model, prompt)
         s = self._settings(duration, steps, guidance, seed, sampler)
         seed = s.pop("seed")
-        cb = None if progress is None else (lambda info: progress((info["i"] + 1) / s["num_steps"]))
+        cb = _progress(progress, s["num_steps"])
         gen = pipe(None if p is None else [p], seeds=[seed], callback=cb, **s)
         side = pipe.provenance(p, seed, model=model, num_steps=s["num_steps"], sampler=s["sampler"],
                                guidance_scale=s["guidance_scale"], duration_s=s["duration_s"], via="sonodiff demo")
@@ -136,15 +136,18 @@ class Demo:
             audio = apply_channel_policy(audio, "mono" if pipe.codec.channels == 1 else "stereo")
         p = self._prompt(pipe, model, prompt)
         length = audio.shape[-1] / pipe.sample_rate
-        s = self._settings(duration if mode == "continue" else min(length, self.max_duration_s), steps, guidance,
-                           seed, sampler)
+        if not 0.05 <= length <= self.max_duration_s:
+            raise DemoError(f"clip: {Path(clip).name} is {length:.2f} s long; the demo edits clips of 0.05 to "
+                            f"{self.max_duration_s:g} s")
+        s = self._settings(duration if mode == "continue" else length, steps, guidance, seed, sampler)
         seed = s.pop("seed")
         total = s.pop("duration_s")
-        cb = None if progress is None else (lambda info: progress((info["i"] + 1) / s["num_steps"]))
+        cb = _progress(progress, s["num_steps"])
         rows = None if p is None else [p]
         try:
             if mode == "inpaint":
-                if not (0 <= float(start) < float(end) <= length):
+                start, end = _number("start", start), _number("end", end)
+                if not (0 <= start < end <= length):
                     raise DemoError(f"start, end: need 0 <= start < end <= {length:.2f} s (the clip's length), "
                                     f"got {start}, {end}")
                 gen = pipe.inpaint(audio, pipe.sample_rate, float(start), float(end), rows, seeds=[seed], callback=cb,
@@ -161,6 +164,24 @@ class Demo:
             raise DemoError(str(e)) from None
         side = pipe.provenance(p, seed, model=model, input=Path(clip).name, via="sonodiff demo", **s, **extra, **note)
         return self._write(pipe, gen.audio[0], side)
+
+
+def _number(field: str, v) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise DemoError(f"{field}: give a number, got {v!r}") from None
+    if x != x:
+        raise DemoError(f"{field}: give a number, got {v!r}")
+    return x
+
+
+def _progress(progress, num_steps: int):
+    """A sampler callback reporting the share of the current window's steps (long clips go window by window)."""
+    if progress is None:
+        return None
+    return lambda info: progress((info["i"] + 1) / num_steps, f"window {info['window'] + 1}" if "window" in info
+                                 else "sampling")
 
 
 def _model_info(pipe) -> str:
@@ -192,7 +213,7 @@ def build_demo(demo: Demo):
     def run_generate(model, prompt, duration, steps, guidance, seed, sampler, progress=gr.Progress()):
         try:
             wav, png, side_path, side = demo.generate(model, prompt, duration, steps, guidance, seed, sampler,
-                                                      progress=lambda f: progress(f, desc="sampling"))
+                                                      progress=lambda f, what: progress(f, desc=what))
         except DemoError as e:
             raise gr.Error(str(e)) from None
         return wav, png, [wav, side_path], side
@@ -201,7 +222,7 @@ def build_demo(demo: Demo):
                  progress=gr.Progress()):
         try:
             wav, png, side_path, side = demo.edit(model, clip, mode, start, end, duration, prompt, steps, guidance,
-                                                  seed, sampler, progress=lambda f: progress(f, desc="sampling"))
+                                                  seed, sampler, progress=lambda f, what: progress(f, desc=what))
         except DemoError as e:
             raise gr.Error(str(e)) from None
         return wav, png, [wav, side_path], side

@@ -12,6 +12,7 @@ interval (Student t over the ratings) and, for every pair, the preference counts
 (exact binomial over the non-tied answers), and draws both.
 """
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -89,8 +90,18 @@ class Study:
         self.prompts = {i: self._prompt(i) for i in common}
         self.db_path = Path(db_path)
         self.db = _connect(self.db_path)
-        self.db.executescript(_SCHEMA)
-        self.salt = self._bind()
+        try:
+            self.db.executescript(_SCHEMA)
+            self.salt = self._bind()
+        except BaseException:
+            self.db.close()
+            raise
+        # every clip is served as 16-bit WAV at one rate, with no file metadata: nothing but the sound can tell the
+        # systems apart (not the format, the rate, the size of the file, its tags or its modification time)
+        import soundfile as sf
+
+        self.sample_rate = max(sf.info(str(p)).samplerate for p in self.clips.values())
+        self._wav: dict[str, bytes] = {}
         self.tokens = {self._token("clip", n, i): (n, i) for n, i in self.clips}
 
     # ------------------------------------------------------------------ set-up
@@ -167,7 +178,7 @@ class Study:
         rater = self.check_rater(rater)
         tasks = self.tasks(rater)
         by_id = {self._token("task", rater, t.key): (p, t) for p, t in enumerate(tasks)}
-        if task_id not in by_id:
+        if not isinstance(task_id, str) or task_id not in by_id:
             raise ValueError(f"task: {task_id!r} is not a task of rater {rater!r}")
         pos, t = by_id[task_id]
         if t.kind == "mos":
@@ -190,6 +201,24 @@ class Study:
         if token not in self.tokens:
             raise KeyError(token)
         return self.clips[self.tokens[token]]
+
+    def clip_wav(self, token: str) -> bytes:
+        """The clip of ``token`` as 16-bit mono-or-stereo WAV at the study's one rate (cached)."""
+        if token not in self._wav:
+            import io
+
+            import soundfile as sf
+
+            from sonodiff.audio.io import load_audio
+
+            audio, sr = load_audio(self.clip(token), sample_rate=self.sample_rate)
+            buf = io.BytesIO()
+            sf.write(buf, audio.clamp(-1, 1).numpy().T, sr, format="WAV", subtype="PCM_16")
+            self._wav[token] = buf.getvalue()
+        return self._wav[token]
+
+    def close(self) -> None:
+        self.db.close()
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -264,8 +293,8 @@ async function answer(extra) {
 }
 $("start").onclick = async () => {
   rater = $("rater").value.trim();
-  try { show(await call("/api/next?rater=" + encodeURIComponent(rater)));
-        $("login").hidden = true; $("test").hidden = false; }
+  try { const state = await call("/api/next?rater=" + encodeURIComponent(rater));
+        $("login").hidden = true; $("test").hidden = state.done; show(state); }
   catch (e) { $("login_error").textContent = e.message; }
 };
 document.querySelectorAll("button.score").forEach((b) => b.onclick = () => answer({score: +b.dataset.score}));
@@ -278,7 +307,7 @@ def create_listen_app(study: Study):
     """The FastAPI app of a listening test: ``/`` (the page), ``GET /api/next?rater=``, ``POST /api/rate``
     (JSON ``{rater, task, score | choice}``), ``GET /audio/{token}``. Errors are JSON ``{error, field}``."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from sonodiff import __version__
 
@@ -324,11 +353,10 @@ def create_listen_app(study: Study):
     @app.get("/audio/{token}")
     async def audio(token: str):
         try:
-            path = study.clip(token)
+            data = await asyncio.to_thread(study.clip_wav, token)
         except KeyError:
             return JSONResponse({"error": "token: no such clip", "field": "token"}, status_code=404)
-        media = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
-        return FileResponse(path, media_type=media.get(path.suffix.lower(), "application/octet-stream"))
+        return Response(data, media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
     return app
 
@@ -388,6 +416,16 @@ def report(db_path: str | Path) -> dict:
             "raters": len({r[0] for r in rows}), "ratings": len(rows), "mos": mos, "preference": pairs}
 
 
+def _no_nan(x):
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    return x
+
+
 def format_report(rep: dict) -> str:
     lines = [f"{rep['file']}: {rep['raters']} raters, {rep['ratings']} answers, {len(rep['systems'])} systems, "
              f"{rep['items']} items", ""]
@@ -404,6 +442,8 @@ def format_report(rep: dict) -> str:
             ci = "-" if p["prefer_a"] + p["prefer_b"] == 0 else f"[{p['share_a_ci95'][0]:.2f}, {p['share_a_ci95'][1]:.2f}]"
             lines.append(f"{p['a']:16} {p['b']:16} {p['prefer_a']:4d} {p['prefer_b']:4d} {p['no_preference']:5d} "
                          f"{p['share_a']:8.2f} {ci:>15} {p['p_value']:8.3g}")
+    lines += ["", "Intervals and tests treat every answer as independent; answers of one rater or one item are not, so "
+              "with few raters the intervals are too narrow."]
     return "\n".join(lines)
 
 
@@ -474,7 +514,7 @@ def _listen(args) -> int:
         if args.json:
             from sonodiff.utils.atomic import atomic_write_json
 
-            atomic_write_json(args.json, rep)
+            atomic_write_json(args.json, _no_nan(rep))  # strict JSON: an undefined figure is null
         plot = args.plot or str(Path(args.report).with_suffix(".png"))
         plot_report(rep, plot)
         print(f"\nplot: {plot}")

@@ -24,7 +24,8 @@ def demo(tmp_path_factory):
 
 def test_generate_equals_the_pipeline_and_writes_a_sidecar(demo):
     seen = []
-    wav, png, side_path, side = demo.generate("tiny_labels", " high ", 0.5, 4, 2.0, 3, "euler", progress=seen.append)
+    wav, png, side_path, side = demo.generate("tiny_labels", " high ", 0.5, 4, 2.0, 3, "euler",
+                                              progress=lambda f, what: seen.append((f, what)))
     a, sr = sf.read(wav, dtype="float32")
     ref = demo.pipelines["tiny_labels"](["high"], seeds=[3], duration_s=0.5, num_steps=4, guidance_scale=2.0,
                                         sampler="euler").audio[0, 0]
@@ -35,7 +36,10 @@ def test_generate_equals_the_pipeline_and_writes_a_sidecar(demo):
     assert json.loads(open(side_path).read()) == side
     assert (side["prompt"], side["seed"], side["steps"], side["model"], side["via"]) == ("high", 3, 4, "tiny_labels",
                                                                                          "sonodiff demo")
-    assert open(png, "rb").read(4) == b"\x89PNG" and seen[-1] == pytest.approx(1.0) and len(seen) == 4
+    assert open(png, "rb").read(4) == b"\x89PNG" and seen[-1] == (pytest.approx(1.0), "sampling") and len(seen) == 4
+    seen.clear()  # a clip longer than the model's window goes window by window, and the progress says which
+    demo.generate("tiny_labels", "high", 2.0, 2, 2.0, 0, "euler", progress=lambda f, what: seen.append((f, what)))
+    assert seen[0] == (0.5, "window 1") and seen[-1][1] == f"window {len(seen) // 2}" and len({w for _, w in seen}) > 2
     wav, *_ = demo.generate("tiny_uncond", "", 0.5, 2, 1.0, 0, "euler")
     assert sf.info(wav).frames == 4000
 
@@ -51,6 +55,8 @@ def test_generate_equals_the_pipeline_and_writes_a_sidecar(demo):
     (("tiny_labels", "high", 0.5, 4, -1, 0, "euler"), "guidance"),
     (("tiny_labels", "high", 0.5, 4, 2.0, -5, "euler"), "seed"),
     (("tiny_labels", "high", 0.5, 4, 2.0, 0, "magic"), "sampler"),
+    (("tiny_labels", "high", "long", 4, 2.0, 0, "euler"), "duration"),
+    (("tiny_labels", "high", 0.5, None, 2.0, 0, "euler"), "steps"),
 ])
 def test_bad_values_name_the_field(demo, args, field):
     with pytest.raises(DemoError, match=f"^{field}:"):
@@ -84,6 +90,11 @@ def test_inpaint_and_continue_an_uploaded_clip(demo, tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"RIFF nonsense")
     with pytest.raises(DemoError, match="^clip: cannot read junk.wav"):
         demo.edit("tiny_labels", str(tmp_path / "junk.wav"), "inpaint", 0.1, 0.2, None, "low", 4, 2.0, 1, "euler")
+    with pytest.raises(DemoError, match="^start:"):
+        demo.edit("tiny_labels", str(clip), "inpaint", None, 0.2, None, "low", 4, 2.0, 1, "euler")
+    sf.write(tmp_path / "long.wav", np.zeros(8000 * 31, "float32") + 0.01, 8000)  # over the demo's 30 s
+    with pytest.raises(DemoError, match="^clip: long.wav is 31.00 s long"):
+        demo.edit("tiny_labels", str(tmp_path / "long.wav"), "inpaint", 0.1, 0.2, None, "low", 4, 2.0, 1, "euler")
     with pytest.raises(DemoError, match="^mode:"):
         demo.edit("tiny_labels", str(clip), "reverse", 0.1, 0.2, None, "low", 4, 2.0, 1, "euler")
 

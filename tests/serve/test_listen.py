@@ -62,6 +62,10 @@ def test_page_flow_resume_and_bad_answers(tmp_path):
     r = c.get(first["task"]["clips"][0])
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav" and sf.read(__import__("io").BytesIO(r.content))[1] == 8000
     assert c.get("/audio/deadbeef").json()["field"] == "token"
+    # blind at the byte level too: every clip is the same format and rate, with no file date or tag in the headers
+    heads = [c.get(f"/audio/{t}").headers for t in c.app.state.study.tokens]
+    assert {h["content-type"] for h in heads} == {"audio/wav"}
+    assert not any("last-modified" in h or "etag" in h for h in heads)
     state = first
     for _ in range(3):
         t = state["task"]
@@ -75,6 +79,7 @@ def test_page_flow_resume_and_bad_answers(tmp_path):
            ({"rater": "ann", "task": t["id"], **({"score": 3, "choice": "A"} if mos else {"choice": "A", "score": 3})},
             "choice" if mos else "score"),
            ({"rater": "ann", "task": "nope", "score": 3}, "task"),
+           ({"rater": "ann", "task": ["not", "a", "string"], "score": 3}, "task"),
            ({"rater": "", "task": t["id"], "score": 3}, "rater"),
            ({"rater": "ann", "task": t["id"], "score": 3, "colour": 1}, "colour")]
     for body, field in bad:
@@ -183,7 +188,24 @@ def test_killed_server_loses_no_answer_and_the_cli_reports(tmp_path):
                           str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "MOS" in out.stdout and (tmp_path / "r.png").is_file()
-    assert json.loads((tmp_path / "r.json").read_text())["ratings"] == 5
+    def strict(x):
+        raise ValueError(f"not strict JSON: {x}")
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=strict)["ratings"] == 5
     bad = subprocess.run([sys.executable, "-m", "sonodiff", "listen", str(systems["x"]), "--out", str(db)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at least 2 systems" in bad.stderr
+
+
+def test_report_of_a_study_without_answers_is_strict_json(tmp_path):
+    from sonodiff.cli import main
+
+    Study(make_systems(tmp_path, names=("x", "y"), items=("a",)), tmp_path / "r.sqlite", mode="ab").close()
+    assert main(["listen", "--report", str(tmp_path / "r.sqlite"), "--json", str(tmp_path / "r.json"),
+                 "--plot", str(tmp_path / "r.png")]) == 0
+
+    def strict(x):
+        raise ValueError(f"not strict JSON: {x}")
+
+    rep = json.loads((tmp_path / "r.json").read_text(), parse_constant=strict)
+    assert rep["mos"]["x"]["mean"] is None and rep["preference"][0]["p_value"] is None

@@ -363,7 +363,8 @@ def create_listen_app(study: Study):
 
 # ---------------------------------------------------------------------------------------------- the report
 def report(db_path: str | Path) -> dict:
-    """MOS per system (mean, standard deviation, n, 95% t interval) and, per pair of systems, preference counts,
+    """MOS per system (mean, standard deviation, n, 95% t interval over answers and a 95% bootstrap interval over
+    raters) and, per pair of systems, preference counts,
     the share preferring the first (ties excluded) with its exact 95% interval and a two-sided sign test."""
     import numpy as np
     from scipy import stats
@@ -390,7 +391,9 @@ def report(db_path: str | Path) -> dict:
         sd = float(x.std(ddof=1)) if n > 1 else float("nan")
         half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
         mos[s] = {"n": n, "mean": float(x.mean()) if n else float("nan"), "sd": sd,
-                  "ci95": [float(x.mean()) - half, float(x.mean()) + half] if n > 1 else [float("nan")] * 2}
+                  "ci95": [float(x.mean()) - half, float(x.mean()) + half] if n > 1 else [float("nan")] * 2,
+                  "raters": len({r[0] for r in rows if r[1] == "mos" and r[3] == s}),
+                  "ci95_raters": _rater_bootstrap([(r[0], r[5]) for r in rows if r[1] == "mos" and r[3] == s])}
     pairs = []
     for a, b in itertools.combinations(systems, 2):
         wins_a = wins_b = ties = 0
@@ -416,6 +419,24 @@ def report(db_path: str | Path) -> dict:
             "raters": len({r[0] for r in rows}), "ratings": len(rows), "mos": mos, "preference": pairs}
 
 
+def _rater_bootstrap(ratings: list[tuple[str, int]], resamples: int = 4000, seed: int = 0) -> list[float]:
+    """95% percentile interval of the MOS when raters, not answers, are the sampled unit: raters are drawn with
+    replacement, each bringing all of their answers (seeded). Needs at least 2 raters (else NaN)."""
+    import numpy as np
+
+    by = {}
+    for rater, score in ratings:
+        by.setdefault(rater, []).append(score)
+    if len(by) < 2:
+        return [float("nan")] * 2
+    sums = np.array([sum(v) for v in by.values()], dtype=float)
+    counts = np.array([len(v) for v in by.values()], dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(by), size=(resamples, len(by)))
+    means = sums[idx].sum(1) / counts[idx].sum(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def _no_nan(x):
     if isinstance(x, float) and x != x:
         return None
@@ -430,10 +451,12 @@ def format_report(rep: dict) -> str:
     lines = [f"{rep['file']}: {rep['raters']} raters, {rep['ratings']} answers, {len(rep['systems'])} systems, "
              f"{rep['items']} items", ""]
     if any(m["n"] for m in rep["mos"].values()):
-        lines += ["MOS (1-5, mean with 95% t interval)", f"{'system':24} {'n':>5} {'MOS':>6} {'95% CI':>15} {'sd':>6}"]
+        lines += ["MOS (1-5; 95% intervals: Student t over answers, and bootstrap over raters)",
+                  f"{'system':24} {'n':>5} {'raters':>6} {'MOS':>6} {'95% CI (t)':>15} {'95% CI (raters)':>16} {'sd':>6}"]
         for s, m in rep["mos"].items():
             ci = "-" if m["n"] < 2 else f"[{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
-            lines.append(f"{s:24} {m['n']:5d} {m['mean']:6.2f} {ci:>15} {m['sd']:6.2f}")
+            cr = "-" if m["raters"] < 2 else f"[{m['ci95_raters'][0]:.2f}, {m['ci95_raters'][1]:.2f}]"
+            lines.append(f"{s:24} {m['n']:5d} {m['raters']:6d} {m['mean']:6.2f} {ci:>15} {cr:>16} {m['sd']:6.2f}")
         lines.append("")
     if rep["preference"] and any(p["prefer_a"] + p["prefer_b"] + p["no_preference"] for p in rep["preference"]):
         lines += ["A/B preference (sign test over the answers that chose; two-sided)",
@@ -442,8 +465,8 @@ def format_report(rep: dict) -> str:
             ci = "-" if p["prefer_a"] + p["prefer_b"] == 0 else f"[{p['share_a_ci95'][0]:.2f}, {p['share_a_ci95'][1]:.2f}]"
             lines.append(f"{p['a']:16} {p['b']:16} {p['prefer_a']:4d} {p['prefer_b']:4d} {p['no_preference']:5d} "
                          f"{p['share_a']:8.2f} {ci:>15} {p['p_value']:8.3g}")
-    lines += ["", "Intervals and tests treat every answer as independent; answers of one rater or one item are not, so "
-              "with few raters the intervals are too narrow."]
+    lines += ["", "The t interval and the sign test treat every answer as independent; answers of one rater are not, so "
+              "with few raters read the rater-bootstrap interval (it needs 2 raters or more)."]
     return "\n".join(lines)
 
 

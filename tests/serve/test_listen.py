@@ -209,3 +209,23 @@ def test_report_of_a_study_without_answers_is_strict_json(tmp_path):
 
     rep = json.loads((tmp_path / "r.json").read_text(), parse_constant=strict)
     assert rep["mos"]["x"]["mean"] is None and rep["preference"][0]["p_value"] is None
+
+
+def test_rater_bootstrap_interval_is_wide_when_raters_disagree(tmp_path):
+    """Two raters, one always 5 and one always 1, 20 answers each: the t interval over the 40 answers is narrow,
+    but resampling raters gives means of 1, 3 or 5 (probabilities 1/4, 1/2, 1/4), so its 95% interval is [1, 5]."""
+    from sonodiff.serve.listen import _rater_bootstrap
+
+    ratings = [("ann", 5)] * 20 + [("bob", 1)] * 20
+    assert _rater_bootstrap(ratings) == [1.0, 5.0]
+    assert all(v != v for v in _rater_bootstrap([("ann", 3), ("ann", 4)]))  # one rater: undefined (NaN)
+    systems = make_systems(tmp_path, names=("x", "y"), items=tuple(f"i{k}" for k in range(20)))
+    study = Study(systems, tmp_path / "r.sqlite", mode="mos")
+    for rater, score in (("ann", 5), ("bob", 1)):
+        for t in study.tasks(rater):
+            if t.systems[0] == "x":
+                study.rate(rater, study._token("task", rater, t.key), score=score)
+    m = report(tmp_path / "r.sqlite")["mos"]["x"]
+    assert m["n"] == 40 and m["raters"] == 2 and m["ci95_raters"] == [1.0, 5.0]
+    assert m["ci95"][1] - m["ci95"][0] < 1.5  # the t interval, too narrow for two raters who disagree
+    assert "95% CI (raters)" in format_report(report(tmp_path / "r.sqlite"))

@@ -41,7 +41,9 @@ def _provenance(pipe, args, prompt, seed, **extra) -> dict:
                            **{"negative_prompt": None, **_sampling_kwargs(args)}, **extra)
 
 
-def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, features=None) -> None:
+def write_clip(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, features=None) -> dict:
+    """Write a generated clip and its sidecar (and a spectrogram PNG next to it) atomically; returns the sidecar
+    as written (with ``scaled_from_peak`` when the clip had to be scaled down). The CLI and the demo write this way."""
     from sonodiff.audio.io import save_audio, scale_down_peak
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +53,7 @@ def _write(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, feature
     save_audio(path, audio, sr, sidecar=sidecar)
     if spectrogram:
         save_spectrogram(path.with_suffix(".png"), audio, sr, title=str(sidecar.get("prompt") or ""))
+    return sidecar
 
 
 def save_spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
@@ -179,7 +182,7 @@ def _generate(args) -> int:
             # candidates use seeds seed*best_of .. seed*best_of+best_of-1: each output's set is its own
             gen = pipe.best_of([prompt], clap_scorer(clap), num_candidates=args.best_of, seed=seed * args.best_of,
                                duration_s=args.duration, **_sampling_kwargs(args), **extra)
-            _write(path, gen.audio[0], gen.sample_rate,
+            write_clip(path, gen.audio[0], gen.sample_rate,
                    _provenance(pipe, args, prompt, gen.seeds[0], duration_s=args.duration, best_of=args.best_of,
                                clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {}),
                                **({"label": prompt} if pipe.labels is not None else {}), **meta.get(path, {})),
@@ -203,7 +206,7 @@ def _generate(args) -> int:
             if pipe.labels is not None:
                 more["label"] = prompt
             more.update(meta.get(path, {}))
-            _write(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration, **more),
+            write_clip(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration, **more),
                    args.spectrogram)
             print(f"wrote {path}")
         bar.update(len(chunk))
@@ -225,7 +228,7 @@ def _stream_one(pipe, args, prompt, seed, path: Path) -> None:
         part = path.with_name(f"{path.stem}.part{i:03d}{path.suffix}")
         save_audio(part, chunk[0].clamp(-1, 1), pipe.sample_rate)
         print(f"chunk {i}: {part} ({chunk.shape[-1] / pipe.sample_rate:.2f} s)", flush=True)
-    _write(path, torch.cat(pieces, dim=-1), pipe.sample_rate,
+    write_clip(path, torch.cat(pieces, dim=-1), pipe.sample_rate,
            _provenance(pipe, args, prompt, seed, duration_s=args.duration, streamed=True), args.spectrogram)
     for part in path.parent.glob(f"{path.stem}.part*{path.suffix}"):
         part.unlink()
@@ -254,7 +257,7 @@ def _edit(args) -> int:
         gen = pipe.vary(audio, sr, args.strength, prompts, seeds=[args.seed], **kw)
         extra = {"task": "vary", "strength": args.strength}
     out = _outputs(Path(args.out), 1)[0]
-    _write(out, gen.audio[0], gen.sample_rate, _provenance(pipe, args, args.prompt, args.seed, input=args.input, **extra),
+    write_clip(out, gen.audio[0], gen.sample_rate, _provenance(pipe, args, args.prompt, args.seed, input=args.input, **extra),
            args.spectrogram)
     print(f"wrote {out}")
     return 0

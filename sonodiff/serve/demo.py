@@ -77,17 +77,11 @@ class Demo:
 
     # ------------------------------------------------------------------ actions
     def _write(self, pipe, audio, sidecar: dict) -> tuple[str, str, str, dict]:
-        from sonodiff.audio.io import save_audio, scale_down_peak
-        from sonodiff.pipelines.cli import save_spectrogram
+        from sonodiff.pipelines.cli import write_clip
 
-        audio, peak = scale_down_peak(audio)
-        if peak is not None:
-            sidecar = {**sidecar, "scaled_from_peak": peak}
-        stem = self.out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        wav = stem.with_suffix(".wav")
-        save_audio(wav, audio, pipe.sample_rate, sidecar=sidecar)
-        save_spectrogram(stem.with_suffix(".png"), audio, pipe.sample_rate, title=str(sidecar.get("prompt") or ""))
-        return str(wav), str(stem.with_suffix(".png")), str(stem.with_suffix(".json")), sidecar
+        wav = self.out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.wav"
+        sidecar = write_clip(wav, audio, pipe.sample_rate, sidecar, spectrogram=True)
+        return str(wav), str(wav.with_suffix(".png")), str(wav.with_suffix(".json")), sidecar
 
     def generate(self, model, prompt, duration, steps, guidance, seed, sampler, progress=None):
         """Generate one clip -> (clip path, spectrogram path, sidecar path, sidecar); bad values raise

@@ -2,7 +2,6 @@
 wait for playable audio, answer, and read the answers back from the ratings file. Screenshots go to the test's
 folder (and to $SONODIFF_SCREENSHOTS, which is how samples/ got its pictures)."""
 
-import socket
 import time
 
 import numpy as np
@@ -11,7 +10,7 @@ import soundfile as sf
 
 from sonodiff.pipelines import Pipeline
 from tests.pipelines.conftest import make_model_dir
-from tests.serve.conftest import UvicornServer, screenshot
+from tests.serve.conftest import UvicornServer, free_port, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +37,6 @@ def _playable(drv, where):
     return [a for a in got if a[0] and a[1] and a[1] > 0]
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 @pytest.fixture()
 def demo_url(tmp_path):
     from sonodiff.serve.demo import Demo, build_demo
@@ -53,7 +44,7 @@ def demo_url(tmp_path):
     demo = Demo({"tiny_labels": Pipeline.from_pretrained(make_model_dir(tmp_path / "tiny_labels"))})
     page = build_demo(demo)
     page.queue(default_concurrency_limit=1)
-    _, url, _ = page.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = page.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             allowed_paths=[str(demo.out_dir)], footer_links=[])
     try:
         yield url

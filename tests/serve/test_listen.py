@@ -4,7 +4,6 @@ and the report's statistics against closed-form values."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import soundfile as sf
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
+from tests.serve.conftest import free_port
 from sonodiff.serve.listen import Study, create_listen_app, format_report, plot_report, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,19 +147,11 @@ def test_report_statistics_match_closed_form(tmp_path):
         report(tmp_path / "junk.sqlite")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_killed_server_loses_no_answer_and_the_cli_reports(tmp_path):
     import httpx
 
     systems = make_systems(tmp_path, names=("x", "y"), items=("a", "b", "c"))
-    db, port = tmp_path / "r.sqlite", _free_port()
+    db, port = tmp_path / "r.sqlite", free_port()
     cmd = [sys.executable, "-m", "sonodiff", "listen", str(systems["x"]), str(systems["y"]), "--out", str(db),
            "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # a prompt written after the options (`sonodiff inpaint IMG --mask M.png "a seven"`): argparse leaves an optional
+    # positional that follows options unparsed; it is taken as the prompt when the command has one left empty
+    if len(extra) == 1 and not extra[0].startswith("-") and getattr(args, "prompt", "") is None:
+        args.prompt, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

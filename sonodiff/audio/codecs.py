@@ -75,6 +75,7 @@ class Codec(nn.Module):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    modality: ClassVar[str] = "audio"  # what the codec's data is: "audio" ([B, C, T] waveforms) or "image"
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -328,22 +329,40 @@ class MelCodec(Codec):
 # --- image -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageCodecConfig:
-    channels: int = 1
+    channels: int = 1  # 1 (greyscale) or 3 (RGB)
+    height: int = 0  # the image size the model is trained on and generates; 0 = not fixed (analysis only)
+    width: int = 0
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"image codec channels must be 1 (greyscale) or 3 (RGB), got {self.channels}")
+        if self.height < 0 or self.width < 0 or (self.height == 0) != (self.width == 0):
+            raise ValueError(f"image codec height and width must both be > 0 (a fixed size) or both 0, got "
+                             f"{self.height}x{self.width}")
 
 
 class ImageCodec(Codec):
     """uint8 images ``[B, C, H, W]`` <-> float32 ``z = x / 127.5 - 1`` in ``[-1, 1]``."""
 
     name = "image"
+    modality = "image"
     config_cls = ImageCodecConfig
 
     def __init__(self, config: ImageCodecConfig = ImageCodecConfig()) -> None:
         super().__init__(config)
 
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """``(height, width)`` of the images this codec's model takes, or None when not fixed."""
+        return (self.config.height, self.config.width) if self.config.height else None
+
     def analyze(self, data: Tensor) -> Tensor:
         self._check_channels(data, 4, "uint8 images [B, C, H, W]")
         if data.dtype != torch.uint8:
             raise ValueError(f"image codec expects dtype uint8, got {data.dtype}")
+        if self.size is not None and tuple(data.shape[-2:]) != self.size:
+            raise ValueError(f"image codec takes {self.size[0]}x{self.size[1]} images, got "
+                             f"{data.shape[-2]}x{data.shape[-1]}")
         return data.float()
 
     def normalize(self, features: Tensor) -> Tensor:

@@ -50,6 +50,8 @@ __all__ = ["FORMAT_VERSION", "BadDataError", "PrepareReport", "feature_dir", "fi
 FORMAT_VERSION = 2  # 2: statistics on the training split's active frames only
 FIT_SPLIT = "train"  # the split codec statistics are fitted on by default
 INDEX = "index.json"
+# what an index entry records about its file: audio (rate, channels, duration) or image (channels, size)
+INFO_KEYS = ("frames", "sample_rate_in", "channels_in", "duration_s", "height", "width")
 
 
 class BadDataError(RuntimeError):
@@ -96,6 +98,8 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 def _policy(codec: Codec) -> str:
+    if codec.modality == "image":
+        return f"image, {codec.channels} channel(s)"
     if codec.channels == 1:
         return "mono"
     if codec.channels == 2:
@@ -139,20 +143,33 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _read_input(src: str, codec: Codec, check: CheckConfig, quality: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The codec's input data ``[C, ...]`` from file ``src`` and what was found in the file (its ``info``)."""
+    if codec.modality == "image":
+        from sonodiff.audio.image_io import ImageFileError, read_image
+
+        try:
+            img = read_image(src, codec.channels, getattr(codec, "size", None))
+        except ImageFileError as e:
+            raise BadAudio(e.reason, str(e).replace(str(src), Path(src).name)) from None
+        return img, {"channels_in": img.shape[0], "height": img.shape[1], "width": img.shape[2]}
+    try:
+        audio, sr = read_checked(src, check)
+    except FileNotFoundError as e:
+        raise BadAudio("missing_file", str(e)) from None
+    info = {"sample_rate_in": sr, "channels_in": audio.shape[0], "duration_s": audio.shape[1] / sr}
+    return resample(apply_channel_policy(audio, _policy(codec)), sr, codec.sample_rate, quality), info
+
+
 def _encode_one(task: tuple) -> dict[str, Any]:
     """Decode, check and analyse one file; write its features or bad verdict atomically."""
     src, h, fdir, codec_spec, quality, check = task
     fdir = Path(fdir)
     codec = _worker_codec(codec_spec)
     try:
+        data, info = _read_input(src, codec, check, quality)
         try:
-            audio, sr = read_checked(src, check)
-        except FileNotFoundError as e:
-            raise BadAudio("missing_file", str(e)) from None
-        info = {"sample_rate_in": sr, "channels_in": audio.shape[0], "duration_s": audio.shape[1] / sr}
-        audio = resample(apply_channel_policy(audio, _policy(codec)), sr, codec.sample_rate, quality)
-        try:
-            feats = codec.analyze(audio[None])[0].contiguous()
+            feats = codec.analyze(data[None])[0].contiguous()
         except ValueError as e:
             raise BadAudio("too_short", str(e)) from None
         terms = codec.stat_terms(feats)
@@ -230,7 +247,8 @@ def prepare(
 ) -> PrepareReport:
     """Bring the feature cache of dataset ``root`` (read with ``layout``) up to date for ``codec``.
 
-    ``codec`` must be an audio codec (it has a ``sample_rate``); its statistics are (re)fitted on the good
+    ``codec``: an audio codec (files are decoded, checked and resampled to its rate) or an image codec (PNG/JPEG
+    files of its channels and size: another mode or size is a bad entry naming both); its statistics are (re)fitted on the good
     items of split ``fit_split`` (default ``train``; their active frames: see :meth:`Codec.stat_terms`) and
     saved to ``<feature dir>/codec``; a dataset without that split is fitted on all its items, and the log and
     ``index.json`` (``stats_fitted_on``) say so. Bad entries are skipped and listed in the report;
@@ -239,9 +257,15 @@ def prepare(
     ``durable``: flush every new file to disk before the index (see the module docstring).
     """
     t0 = time.perf_counter()
-    if codec.sample_rate is None:
-        raise ValueError(f"codec {codec.name!r} is not an audio codec (no sample_rate); use 'mel' or 'waveform'")
     root = Path(root)
+    layout_options = dict(layout_options or {})
+    if codec.modality != "audio":
+        from sonodiff.audio.image_io import IMAGE_EXTENSIONS
+
+        if layout != "folder":
+            raise ValueError(f"layout {layout!r} is an audio data set layout; a {codec.modality} codec "
+                             f"({codec.name!r}) reads folder data sets (layout 'folder')")
+        layout_options.setdefault("extensions", IMAGE_EXTENSIONS)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist or is not a directory")
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".sonodiff_cache"
@@ -256,7 +280,7 @@ def prepare(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the index is ~10^5 small objects; cyclic GC passes over them cost more than the rest
     try:
-        return _prepare_locked(root, codec, fdir, layout, layout_options or {}, workers, strict, check, quality,
+        return _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, check, quality,
                                rehash, durable, log or (lambda s: None), t0, fit_split)
     finally:
         if gc_was_enabled:
@@ -328,8 +352,7 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
     #    item file; stat terms from terms.safetensors or the item file.
     report = PrepareReport(cache_dir=str(fdir), encoded=len(tasks))
     report.seconds_audio = sum(r.get("duration_s", 0.0) for r in results.values() if r["ok"])
-    old_info = {e["hash"]: {k: e[k] for k in ("frames", "sample_rate_in", "channels_in", "duration_s")}
-                for e in old_items.values()}
+    old_info = {e["hash"]: {k: e[k] for k in INFO_KEYS if k in e} for e in old_items.values()}
     old_terms = _load_terms(fdir)
     new_items: dict[str, dict] = {}
     bad: list[Problem] = list(scanned.problems) + unreadable
@@ -340,7 +363,7 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
         if h not in info_of:
             res = results.get(h)
             if res is not None and res["ok"]:
-                info_of[h] = {k: res[k] for k in ("frames", "sample_rate_in", "channels_in", "duration_s")}
+                info_of[h] = {k: res[k] for k in INFO_KEYS if k in res}
                 terms[h] = {k: torch.from_numpy(v) for k, v in res["terms"].items()}
             elif h in old_info and h in old_terms and res is None:
                 info_of[h], terms[h] = old_info[h], old_terms[h]
@@ -367,13 +390,13 @@ def _prepare_locked(root, codec, fdir, layout, layout_options, workers, strict, 
     report.skipped = len(bad)
     report.bad = [p.to_dict() for p in bad]
     report.total = len(new_items)
-    report.total_seconds_audio = sum(e["duration_s"] for e in new_items.values())
+    report.total_seconds_audio = sum(e.get("duration_s", 0.0) for e in new_items.values())
     report.wall_s = time.perf_counter() - t0
     _write_json(fdir / "report.json", asdict(report))
     if strict and bad:
         raise BadDataError(report)
     if not new_items:
-        raise ValueError(f"no usable audio in {root} (layout {layout!r}); {len(bad)} bad entries, see "
+        raise ValueError(f"no usable {codec.modality} in {root} (layout {layout!r}); {len(bad)} bad entries, see "
                          f"{fdir / 'report.json'}")
 
     # 4. (durable: flush new files,) fit and save the codec, then the index, then delete what the index

@@ -10,6 +10,8 @@ raises :class:`BadAudio` with a reason code and a detail. Reasons (:data:`REASON
 - ``clipped``: more than ``clip_fraction`` of the samples sit at or above ``clip_level`` (full scale).
 - ``too_short``: shorter than ``min_duration_s``, or too short for the codec's analysis window.
 Dataset-level reasons come from scanning: ``missing_file``, ``missing_caption``, ``bad_metadata``.
+Image files (an image codec's data set) add ``not_image`` (e.g. a .wav listed for an image model),
+``wrong_channels`` and ``wrong_size`` (the codec's fixed channels or size differ).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ __all__ = [
     "DEFAULT_CHECK", "REASONS", "BadAudio", "CheckConfig", "read_checked", "wav_truncation"]
 
 REASONS = ("zero_length", "unreadable", "truncated", "corrupt", "non_finite", "silent", "clipped", "too_short",
-           "missing_file", "missing_caption", "bad_metadata", "error")
+           "missing_file", "missing_caption", "bad_metadata", "error",
+           # image files (sonodiff.audio.image_io.read_image)
+           "not_image", "wrong_channels", "wrong_size")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class CachedDataset(_Segmenting):
             raise ValueError(f"no items in split {split!r} of {self.dir}; splits present: {splits}")
         self.entries, self.pad = entries, pad
         self.silence = None
-        if pad == "silence":
+        if pad == "silence" and self.codec.modality == "audio":  # images have no silence (nor need padding)
             with torch.no_grad():  # the encoding of one frame of digital silence, [C, ..., 1]
                 silent = self.codec.analyze(torch.zeros(1, self.codec.channels, self.codec.sample_rate // 10))
                 self.silence = self.codec.normalize(silent)[0][..., :1].float()
@@ -260,7 +260,7 @@ class CachedDataset(_Segmenting):
             else:
                 start = (n - T) // 2 if self.crop == "center" else 0
             return Example(f[..., start:start + T], torch.ones(ones + (T,)), self.entries[index], start)
-        if self.pad == "silence":
+        if self.pad == "silence" and self.silence is not None:
             return Example(torch.cat([f, self.silence.expand(*f.shape[:-1], T - n)], dim=-1), torch.ones(ones + (T,)),
                            self.entries[index], 0)
         mask = torch.zeros(ones + (T,))

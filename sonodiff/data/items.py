@@ -1,6 +1,6 @@
 """Dataset entries and the generic folder format.
 
-A folder dataset is a directory of audio files (searched recursively; hidden files and folders such as
+A folder dataset is a directory of audio files (or images, for an image codec) (searched recursively; hidden files and folders such as
 ``.sonodiff_cache`` are ignored) described in one of three ways, tried in this order:
 
 1. ``metadata.jsonl`` (one JSON object per line) or ``metadata.csv`` (header row); if both exist
@@ -26,7 +26,7 @@ from typing import Any
 
 from sonodiff.audio.io import AUDIO_EXTENSIONS
 
-__all__ = ["KNOWN_FIELDS", "Item", "Problem", "Scan", "hash_split", "scan_folder", "walk_audio"]
+__all__ = ["KNOWN_FIELDS", "Item", "Problem", "Scan", "hash_split", "scan_folder", "walk_files"]
 
 KNOWN_FIELDS = ("path", "caption", "label", "speaker", "transcript", "split")
 
@@ -93,8 +93,9 @@ def hash_split(key: str, valid_fraction: float = 0.05, test_fraction: float = 0.
     return "train"
 
 
-def walk_audio(root: Path) -> list[str]:
-    """Relative POSIX paths of audio files under ``root`` (recursive, sorted, hidden entries skipped)."""
+def walk_files(root: Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[str]:
+    """Relative POSIX paths of the files under ``root`` whose suffix is one of ``extensions`` (audio by default;
+    an image codec's data set passes image suffixes), recursive, sorted, hidden entries skipped."""
     out = []
     base = str(root)
     for dirpath, dirnames, filenames in os.walk(base):
@@ -102,7 +103,7 @@ def walk_audio(root: Path) -> list[str]:
         rel = os.path.relpath(dirpath, base)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
+            if not name.startswith(".") and name.lower().endswith(tuple(extensions)):
                 out.append(prefix + name)
     return sorted(out)
 
@@ -145,9 +146,11 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, dict | None, str]], bool]:
 
 
 def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.05, test_fraction: float = 0.05,
-                require_captions: bool = False) -> Scan:
+                require_captions: bool = False, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> Scan:
     """Read a folder dataset (see the module docstring). ``require_captions``: every item needs a caption
-    even when the folder declares none."""
+    even when the folder declares none. ``extensions``: the file suffixes searched for when there is no metadata
+    file (audio by default; the data cache passes its codec's, e.g. images); a metadata file's rows are taken as
+    listed, and a file the codec cannot read is then reported by the cache."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist or is not a directory")
@@ -179,7 +182,7 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.05, test_frac
             items.append(item)
         layout = f"folder ({meta_file.name})"
     else:
-        paths = walk_audio(root)
+        paths = walk_files(root, extensions)
         sidecars = {p: root / Path(p).with_suffix(".txt") for p in paths}
         captions_expected = any(s.exists() for s in sidecars.values())
         for rel in paths:

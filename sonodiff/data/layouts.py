@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from sonodiff.data.items import Item, Problem, Scan, finish_scan, hash_split, scan_folder, walk_audio
+from sonodiff.data.items import Item, Problem, Scan, finish_scan, hash_split, scan_folder, walk_files
 
 __all__ = ["DIGIT_WORDS", "LAYOUTS", "scan", "scan_audiocaps", "scan_esc50", "scan_fsdd", "scan_ljspeech"]
 
@@ -101,7 +101,7 @@ def scan_audiocaps(root: str | os.PathLike) -> Scan:
     if not csvs:
         raise ValueError(f"{root} is not AudioCaps: no train.csv/val.csv/test.csv at the root, csv/ or dataset/")
     by_stem: dict[str, str] = {}
-    for rel in walk_audio(root):
+    for rel in walk_files(root):
         by_stem.setdefault(Path(rel).stem, rel)
     items, problems = [], []
     for name, path in csvs.items():
@@ -133,7 +133,7 @@ def scan_fsdd(root: str | os.PathLike) -> Scan:
     base = root / "recordings" if (root / "recordings").is_dir() else root
     items, problems = [], []
     prefix = "recordings/" if base != root else ""
-    for rel in walk_audio(base):
+    for rel in walk_files(base):
         rel_root = prefix + rel
         m = _FSDD_NAME.match(rel.rsplit("/", 1)[-1].rsplit(".", 1)[0])
         if m is None:

@@ -17,7 +17,7 @@ DEFAULT_TEXT_MODEL = "corpus_sfx_mel"  # what `sonodiff generate "..."` uses whe
 
 def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
     """Shipped models of ``kind`` ("diffusion", "vocoder", "clap"; None = all): name -> summary (kind, conditioning,
-    sample rate, seconds, labels; a vocoder: its kind, sample rate and mel bins)."""
+    modality, sample rate and seconds or image size, labels; a vocoder: its kind, sample rate and mel bins)."""
     out = {}
     for d in sorted(MODELS_DIR.iterdir()):
         cfg = d / "config.json"
@@ -41,8 +41,9 @@ def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
                 "path": str(d),
                 "conditioning": cond["type"],
                 "labels": cond.get("config", {}).get("labels"),
-                "sample_rate": c["audio"]["sample_rate"],
-                "seconds": c["audio"]["seconds"],
+                "modality": "image" if "image" in c else "audio",
+                **({"image_size": [c["image"]["channels"], c["image"]["height"], c["image"]["width"]]} if "image" in c
+                   else {"sample_rate": c["audio"]["sample_rate"], "seconds": c["audio"]["seconds"]}),
                 "steps_trained": c["source"].get("step"),
             }
     return out

@@ -17,14 +17,35 @@ from torch import Tensor, nn
 from sonodiff.core.cond import Cond
 from sonodiff.core.denoiser import Preconditioned
 
-__all__ = ["DiffusionModel", "conditioner_from_spec", "frames_for_seconds"]
+__all__ = ["DiffusionModel", "conditioner_from_spec", "example_frames", "example_shape", "frames_for_seconds"]
 
 
 def frames_for_seconds(codec, seconds: float) -> int:
-    """Length along the last axis of the codec's encoding of ``seconds`` of audio."""
+    """Length along the last axis of an audio codec's encoding of ``seconds`` of audio."""
+    if codec.modality != "audio":
+        raise ValueError(f"a {codec.modality} codec ({codec.name!r}) has no duration: its examples are "
+                         f"{example_shape(codec, 0.0)}")
     n = int(round(seconds * codec.sample_rate))
     with torch.no_grad():
         return int(codec.analyze(torch.zeros(1, codec.channels, n)).shape[-1])
+
+
+def example_shape(codec, seconds: float) -> tuple[int, ...]:
+    """Shape ``[C, ..., last]`` of one model input: an audio codec's encoding of ``seconds`` of audio, or an image
+    codec's fixed ``[C, H, W]`` (``seconds`` is not used)."""
+    if codec.modality == "image":
+        if codec.size is None:
+            raise ValueError("an image codec needs a fixed size to train or generate: set codec.options height and "
+                             "width (e.g. 28 and 28)")
+        return (codec.channels, *codec.size)
+    n = int(round(seconds * codec.sample_rate))
+    with torch.no_grad():
+        return tuple(codec.analyze(torch.zeros(1, codec.channels, n)).shape[1:])
+
+
+def example_frames(codec, seconds: float) -> int:
+    """Length of a model input along its last axis (audio frames or samples; image width)."""
+    return int(example_shape(codec, seconds)[-1])
 
 
 class DiffusionModel(nn.Module):

@@ -4,7 +4,7 @@
 
     MODEL_DIR/
         config.json          {"format": "sonodiff-model", "format_version": 1, "model": {network, network_config,
-                              param, sigma_data, conditioning}, "sampling": {...}, "audio": {...}, "source": {...}}
+                              param, sigma_data, conditioning}, "sampling": {...}, "audio" or "image": {...}, "source": {...}}
         model.safetensors    EMA weights of the denoiser and of the trainable conditioner parts
         codec/               codec config + fitted statistics (config.json, stats.safetensors)
 
@@ -36,17 +36,23 @@ def weights_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def save_model_dir(out: str | Path, *, model_state: dict, spec: dict, codec, sampling: dict, audio: dict,
-                   source: dict) -> Path:
+def save_model_dir(out: str | Path, *, model_state: dict, spec: dict, codec, sampling: dict, source: dict,
+                   audio: dict | None = None, image: dict | None = None) -> Path:
+    """Write a model directory. The section named after the codec's modality (``audio``: rate, lengths, vocoder;
+    ``image``: channels and size) must be given, and only that one."""
     from sonodiff import __version__
 
+    sections = {k: v for k, v in (("audio", audio), ("image", image)) if v is not None}
+    if list(sections) != [codec.modality]:
+        raise ValueError(f"a {codec.modality} model directory takes the {codec.modality!r} section, got "
+                         f"{sorted(sections) or 'none'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / "model.safetensors", model_state)
     codec.save(out / "codec")
     atomic_write_json(out / "config.json", {
         "format": FORMAT, "format_version": FORMAT_VERSION, "sonodiff_version": __version__,
-        "model": spec, "sampling": sampling, "audio": audio, "source": source,
+        "model": spec, "sampling": sampling, **sections, "source": source,
         "weights_sha256_16": weights_hash(out / "model.safetensors"),
     })
     return out

@@ -1,8 +1,12 @@
-"""`sonodiff generate | inpaint | continue | vary | models`: the command line over :class:`Pipeline`."""
+"""`sonodiff generate | inpaint | continue | vary | models`: the command line over :class:`Pipeline`.
+
+Audio models write ``.wav`` / ``.flac`` clips; image models write ``.png`` images (and, for ``-n`` > 1, a grid of
+them at ``--out``). Every output has its JSON sidecar (prompt, seed, every sampling setting, the model)."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -56,6 +60,24 @@ def write_clip(path: Path, audio, sr: int, sidecar: dict, spectrogram: bool, fea
     return sidecar
 
 
+def write_image(path: Path, image, sidecar: dict) -> dict:
+    """Write a generated image (uint8 ``[C, H, W]``) as PNG and its sidecar ``<stem>.json``, atomically."""
+    from sonodiff.audio.image_io import save_png
+    from sonodiff.utils.atomic import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, image)
+    atomic_write_json(path.with_suffix(".json"), sidecar, indent=1, sort_keys=True)
+    return sidecar
+
+
+def _write_output(pipe, path: Path, gen, k: int, sidecar: dict, spectrogram: bool) -> None:
+    if pipe.modality == "image":
+        write_image(path, gen.images[k], sidecar)
+    else:
+        write_clip(path, gen.audio[k], gen.sample_rate, sidecar, spectrogram)
+
+
 def save_spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
     """A PNG of the power spectrogram (dB, 100 dB range) of the first channel of ``audio [C, T]``."""
     import matplotlib
@@ -83,10 +105,38 @@ def save_spectrogram(path: Path, audio, sr: int, title: str = "") -> None:
     plt.close(fig)
 
 
-def _outputs(out: Path, n: int) -> list[Path]:
-    if out.suffix.lower() not in (".wav", ".flac"):
-        raise ValueError(f"--out must end in .wav or .flac, got {out}")
+SUFFIXES = {"audio": (".wav", ".flac"), "image": (".png",)}
+
+
+def _check_suffix(pipe, path: Path, flag: str) -> None:
+    ok = SUFFIXES[pipe.modality]
+    if path.suffix.lower() not in ok:
+        raise ValueError(f"{flag} must end in {' or '.join(ok)} for an {pipe.modality} model, got {path}")
+
+
+def _outputs(out: Path, n: int, pipe) -> list[Path]:
+    _check_suffix(pipe, out, "--out")
     return [out] if n == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(n)]
+
+
+def _out(args, pipe) -> Path:
+    """``--out``, or the command's default name with the model's file type (out.wav, or out.png for images)."""
+    return Path(args.out) if args.out else Path(f"{args.out_stem}{SUFFIXES[pipe.modality][0]}")
+
+
+def _check_modality_flags(pipe, args) -> None:
+    """Flags that only mean something for audio models are errors for image models (never silently ignored)."""
+    if pipe.modality != "image":
+        return
+    for flag, given in (("--spectrogram", getattr(args, "spectrogram", False)),
+                        ("--duration", getattr(args, "duration", None) is not None),
+                        ("--stream", getattr(args, "stream", False)),
+                        ("--vocoder", getattr(args, "vocoder", None) is not None),
+                        ("--best-of", getattr(args, "best_of", 1) != 1),
+                        ("--clap-guidance", bool(getattr(args, "clap_guidance", 0.0)))):
+        if given:
+            raise ValueError(f"{flag} is for audio models; {args.model or 'this model'} is an image model "
+                             f"({'x'.join(map(str, pipe.image_size))} images)")
 
 
 def _options(items: list[str] | None, flag: str) -> dict:
@@ -133,6 +183,8 @@ def _generate(args) -> int:
     from tqdm import tqdm
 
     pipe = _pipe(args)
+    _check_modality_flags(pipe, args)
+    fmt = args.format or SUFFIXES[pipe.modality][0]
     meta: dict = {}  # output path -> extra sidecar fields (a protocol's clip id and fields)
     if args.protocol:
         from sonodiff.eval.evaluate import load_protocol
@@ -145,7 +197,7 @@ def _generate(args) -> int:
         for i, (cid, c) in enumerate(proto["clips"].items()):
             if not c.get(field):
                 raise ValueError(f"--protocol {args.protocol}: clip {cid!r} has no {field!r} to prompt this model with")
-            path = out_dir / f"{cid}{args.format}"
+            path = out_dir / f"{cid}{fmt}"
             jobs.append((str(c[field]), args.seed + i, path))
             meta[path] = {"id": cid, "protocol": proto["name"],
                           **{k: v for k, v in c.items() if k in ("caption", "label", "transcript", "speaker", "note")}}
@@ -155,11 +207,11 @@ def _generate(args) -> int:
         if not prompts:
             raise ValueError(f"{args.prompts} has no prompts (one per line; '#' starts a comment)")
         out_dir = Path(args.out_dir or "outputs")
-        jobs = [(p, args.seed + i * args.n + j, out_dir / f"{i:04d}_{_slug(p)}_{j}{args.format}")
+        _check_suffix(pipe, Path("x" + fmt), "--format")
+        jobs = [(p, args.seed + i * args.n + j, out_dir / f"{i:04d}_{_slug(p)}_{j}{fmt}")
                 for i, p in enumerate(prompts) for j in range(args.n)]
     else:
-        prompts = [args.prompt] if args.prompt is not None else None
-        outs = _outputs(Path(args.out), args.n)
+        outs = _outputs(_out(args, pipe), args.n, pipe)
         jobs = [(args.prompt, args.seed + j, outs[j]) for j in range(args.n)]
     todo = [j for j in jobs if not (j[2].exists() and j[2].with_suffix(".json").exists())]
     if len(todo) < len(jobs):
@@ -182,7 +234,7 @@ def _generate(args) -> int:
             # candidates use seeds seed*best_of .. seed*best_of+best_of-1: each output's set is its own
             gen = pipe.best_of([prompt], clap_scorer(clap), num_candidates=args.best_of, seed=seed * args.best_of,
                                duration_s=args.duration, **_sampling_kwargs(args), **extra)
-            write_clip(path, gen.audio[0], gen.sample_rate,
+            _write_output(pipe, path, gen, 0,
                    _provenance(pipe, args, prompt, gen.seeds[0], duration_s=args.duration, best_of=args.best_of,
                                clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {}),
                                **({"label": prompt} if pipe.labels is not None else {}), **meta.get(path, {})),
@@ -201,17 +253,35 @@ def _generate(args) -> int:
         gen = pipe([p for p, _, _ in chunk] if chunk[0][0] is not None else None,
                    num_per_prompt=1 if chunk[0][0] is not None else len(chunk),
                    seeds=[s for _, s, _ in chunk], duration_s=args.duration, **_sampling_kwargs(args), **extra)
-        for (prompt, seed, path), audio in zip(chunk, gen.audio):
+        for i, (prompt, seed, path) in enumerate(chunk):
             more = {"clap": args.clap, "clap_guidance": args.clap_guidance} if extra else {}
             if pipe.labels is not None:
                 more["label"] = prompt
+            if pipe.modality == "audio":
+                more["duration_s"] = args.duration
             more.update(meta.get(path, {}))
-            write_clip(path, audio, gen.sample_rate, _provenance(pipe, args, prompt, seed, duration_s=args.duration, **more),
-                   args.spectrogram)
+            _write_output(pipe, path, gen, i, _provenance(pipe, args, prompt, seed, **more), args.spectrogram)
             print(f"wrote {path}")
         bar.update(len(chunk))
     bar.close()
+    if pipe.modality == "image" and not args.prompts and not args.protocol and args.n > 1:
+        _write_grid(pipe, args, jobs)
     return 0
+
+
+def _write_grid(pipe, args, jobs) -> None:
+    """``-n`` > 1 images: also one grid of all of them at ``--out`` (its sidecar lists each tile's file and seed)."""
+    import torch
+
+    from sonodiff.audio.image_io import image_grid, read_image
+
+    images = torch.stack([read_image(p, pipe.image_size[0]) for _, _, p in jobs])
+    grid = _out(args, pipe)
+    columns = math.ceil(math.sqrt(len(jobs)))
+    tiles = [{"file": p.name, "seed": s} for _, s, p in jobs]
+    write_image(grid, image_grid(images, columns=columns),
+                {**_provenance(pipe, args, args.prompt, jobs[0][1]), "grid": tiles, "columns": columns})
+    print(f"wrote {grid} (grid of {len(jobs)})")
 
 
 def _stream_one(pipe, args, prompt, seed, path: Path) -> None:
@@ -242,8 +312,80 @@ def _load_input(path: str):
     return load_audio(path)
 
 
+def _extend(text: str) -> tuple[int, int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or any(v < 0 for v in vals):
+        raise ValueError(f"--extend takes four pixel counts LEFT,RIGHT,TOP,BOTTOM >= 0 (e.g. 0,0,8,0), got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _edit_image(pipe, args) -> int:
+    """inpaint (--mask, or --extend: outpainting) and vary of an image model; nothing is written on an error."""
+    from sonodiff.audio.image_io import read_image
+
+    C, H, W = pipe.image_size
+    if args.command == "continue":
+        raise ValueError("continue extends audio past its end; for an image model use "
+                         "`sonodiff inpaint IMG --extend LEFT,RIGHT,TOP,BOTTOM` (outpainting)")
+    if getattr(args, "spectrogram", False) or getattr(args, "vocoder", None):
+        raise ValueError(f"{'--spectrogram' if args.spectrogram else '--vocoder'} is for audio models; this is an image "
+                         "model")
+    out = _outputs(_out(args, pipe), 1, pipe)[0]
+    prompts = [args.prompt] if args.prompt is not None else None
+    kw = _sampling_kwargs(args)
+    if args.command == "inpaint":
+        if args.start is not None or args.end is not None:
+            raise ValueError("--start/--end select a time span of audio; for an image model give --mask MASK.png "
+                             "(white = regenerate) or --extend LEFT,RIGHT,TOP,BOTTOM")
+        if (args.mask is None) == (args.extend is None):
+            raise ValueError("inpainting an image needs exactly one of --mask MASK.png (white = regenerate) or "
+                             "--extend LEFT,RIGHT,TOP,BOTTOM (outpainting)")
+        if args.extend is not None:
+            ext = _extend(args.extend)
+            if args.resize:
+                raise ValueError("--resize does not apply to --extend: the extended image must be the model's size")
+            image = read_image(args.input, C)
+            gen = pipe.outpaint_image(image, ext, prompts, seeds=[args.seed], method=args.method, **kw)
+            extra = {"task": "outpaint", "extend": list(ext), "method": args.method}
+        else:
+            image = read_image(args.input, C, (H, W), resize=args.resize)
+            m = read_image(args.mask, 1)
+            if tuple(m.shape[1:]) != tuple(image.shape[1:]):
+                raise ValueError(f"mask {args.mask} is {m.shape[1]}x{m.shape[2]} but the image "
+                                 f"{'(resized) ' if args.resize else ''}is {image.shape[1]}x{image.shape[2]}: "
+                                 "give a mask of the image's size (white = regenerate)")
+            mask = m[0] > 127
+            gen = pipe.inpaint_image(image, mask, prompts, seeds=[args.seed], method=args.method, **kw)
+            extra = {"task": "inpaint", "mask": args.mask, "masked_pixels": int(mask.sum()), "method": args.method}
+    else:
+        image = read_image(args.input, C, (H, W), resize=args.resize)
+        gen = pipe.vary_image(image, args.strength, prompts, seeds=[args.seed], **kw)
+        extra = {"task": "vary", "strength": args.strength}
+    if args.resize:
+        extra["resized_to"] = [H, W]
+    write_image(out, gen.images[0], _provenance(pipe, args, args.prompt, args.seed, input=args.input, **extra))
+    print(f"wrote {out}")
+    return 0
+
+
 def _edit(args) -> int:
+    from sonodiff.audio.image_io import IMAGE_EXTENSIONS
+
     pipe = _pipe(args)
+    if pipe.modality == "image":
+        return _edit_image(pipe, args)
+    if Path(args.input).suffix.lower() in IMAGE_EXTENSIONS:
+        raise ValueError(f"{args.input} is an image; {args.model or 'this model'} is an audio model (it takes "
+                         f"{', '.join(SUFFIXES['audio'])} audio at {pipe.sample_rate} Hz)")
+    for flag, given in (("--mask", getattr(args, "mask", None)), ("--extend", getattr(args, "extend", None)),
+                        ("--resize", getattr(args, "resize", False))):
+        if given:
+            raise ValueError(f"{flag} is for image models; this is an audio model")
+    if args.command == "inpaint" and (args.start is None or args.end is None):
+        raise ValueError("inpainting audio needs --start and --end (seconds)")
     audio, sr = _load_input(args.input)
     prompts = [args.prompt] if args.prompt is not None else None
     kw = _sampling_kwargs(args)
@@ -256,7 +398,7 @@ def _edit(args) -> int:
     else:
         gen = pipe.vary(audio, sr, args.strength, prompts, seeds=[args.seed], **kw)
         extra = {"task": "vary", "strength": args.strength}
-    out = _outputs(Path(args.out), 1)[0]
+    out = _outputs(_out(args, pipe), 1, pipe)[0]
     write_clip(out, gen.audio[0], gen.sample_rate, _provenance(pipe, args, args.prompt, args.seed, input=args.input, **extra),
            args.spectrogram)
     print(f"wrote {out}")
@@ -279,8 +421,9 @@ def _models(args) -> int:
                   f"{m['steps_trained']} steps")
             continue
         labels = f" labels={','.join(m['labels'])}" if m["labels"] else ""
-        print(f"{name:20s} {m['conditioning']:12s} {m['sample_rate']} Hz, {m['seconds']} s, trained {m['steps_trained']} steps"
-              f"{labels}")
+        what = (f"{'x'.join(map(str, m['image_size']))} images" if m.get("modality") == "image"
+                else f"{m['sample_rate']} Hz, {m['seconds']} s")
+        print(f"{name:20s} {m['conditioning']:12s} {what}, trained {m['steps_trained']} steps{labels}")
     if args.json:
         print(json.dumps(models, indent=2))
     return 0
@@ -315,7 +458,9 @@ def _common(p, out_default: str | None) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if out_default is not None:
-        p.add_argument("--out", default=out_default, help=f"output .wav or .flac (default {out_default})")
+        p.add_argument("--out", help=f"output .wav or .flac, or .png for an image model (default {out_default}.wav, "
+                                     f"or {out_default}.png)")
+        p.set_defaults(out_stem=out_default)
 
 
 def _guard(fn):
@@ -329,7 +474,8 @@ def _guard(fn):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("generate", help="generate audio from a prompt (text or class label) or unconditionally")
+    p = sub.add_parser("generate", help="generate audio or images from a prompt (text or class label) or "
+                                        "unconditionally")
     p.add_argument("prompt", nargs="?", help='e.g. "a dog barking" (omit for an unconditional model)')
     p.add_argument("--best-of", type=int, default=1, metavar="N",
                    help="generate N candidates per output and keep the one the CLAP (--clap) matches best to the prompt")
@@ -343,27 +489,37 @@ def add_parser(sub) -> None:
                    help="an evaluation protocol (sonodiff evaluate --protocol): one output per listed clip, prompted "
                         "by its caption (its label for a class-conditional model), named by its id in --out-dir")
     p.add_argument("--out-dir", help="output folder for --prompts (default outputs/)")
-    p.add_argument("--format", default=".wav", choices=[".wav", ".flac"], help="file type for --prompts outputs")
+    p.add_argument("--format", choices=[".wav", ".flac", ".png"],
+                   help="file type for --prompts / --protocol outputs (default .wav; .png for an image model)")
     p.add_argument("--batch", type=int, default=8, help="outputs sampled together")
     p.add_argument("--stream", action="store_true", help="long-form: write each finished chunk as it is ready")
-    _common(p, "out.wav")
+    _common(p, "out")
     p.set_defaults(func=_guard(_generate))
 
-    for name, help_ in (("inpaint", "regenerate a time span of an audio file"),
+    for name, help_ in (("inpaint", "regenerate a time span of an audio file, or a masked region of an image "
+                                    "(--mask), or extend an image (--extend: outpainting)"),
                         ("continue", "continue an audio file past its end"),
-                        ("vary", "make a variation of an audio file (SDEdit)")):
+                        ("vary", "make a variation of an audio file or an image (SDEdit)")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("input", help="input audio file (at the model's sample rate)")
+        p.add_argument("input", help="input audio file (at the model's sample rate) or image (PNG/JPEG, the model's "
+                                     "size)")
         p.add_argument("prompt", nargs="?", help="conditioning prompt (text or class label)")
         if name == "inpaint":
-            p.add_argument("--start", type=float, required=True, help="gap start (s)")
-            p.add_argument("--end", type=float, required=True, help="gap end (s)")
+            p.add_argument("--start", type=float, help="audio: gap start (s)")
+            p.add_argument("--end", type=float, help="audio: gap end (s)")
+            p.add_argument("--mask", help="image: a greyscale PNG of the image's size, white = regenerate")
+            p.add_argument("--extend", metavar="LEFT,RIGHT,TOP,BOTTOM",
+                           help="image: outpaint, adding this many pixels on each side (the result must be the "
+                                "model's size)")
             p.add_argument("--method", default="replace", choices=["replace", "repaint"])
         elif name == "continue":
             p.add_argument("--duration", type=float, required=True, help="total length of the output (s)")
         else:
             p.add_argument("--strength", type=float, default=0.5, help="0 = unchanged ... 1 = ignore the input")
-        _common(p, f"{name}.wav")
+        if name != "continue":
+            p.add_argument("--resize", action="store_true",
+                           help="image: resample an input of another size to the model's (else it is an error)")
+        _common(p, name)
         p.set_defaults(func=_guard(_edit))
 
     p = sub.add_parser("models", help="list the models that ship with sonodiff")

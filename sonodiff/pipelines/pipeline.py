@@ -9,6 +9,15 @@
     var = pipe.vary(audio, sr, strength=0.5, prompts=["7"])
     for chunk in pipe.stream(["7"], duration_s=10): ...           # long-form, chunk by chunk
 
+    pipe = Pipeline.from_pretrained("mnist_digits")                # an image model
+    out = pipe("a handwritten seven", num_per_prompt=4)             # out.images uint8 [B, C, H, W]
+    fix = pipe.inpaint_image(img, mask, "a handwritten seven")      # mask [H, W] True = regenerate
+    big = pipe.outpaint_image(img, extend=(0, 0, 8, 0))             # left, right, top, bottom pixels
+    var = pipe.vary_image(img, strength=0.5, prompts="the digit 3")
+
+Image models go through the same sampling, guidance and editing code: their diffusion space is the pixels
+scaled to [-1, 1], and edited images keep every known pixel exactly.
+
 Work happens in the model's diffusion space (e.g. normalised log-mels); editing encodes the given audio
 with the model's codec, edits there (replacement inpainting / SDEdit from :mod:`sonodiff.core.editing`),
 decodes, and composites in the audio domain so that audio outside the edited region is returned
@@ -45,13 +54,20 @@ FADE_S = 0.01  # crossfade at edit borders
 
 @dataclass(frozen=True)
 class Generation:
-    """audio ``[B, C, T]`` float32 at ``sample_rate`` Hz; ``features`` ``[B, C, ...]`` in diffusion space."""
+    """What was generated. Audio models: ``audio [B, C, T]`` float32 at ``sample_rate`` Hz (``images`` None).
+    Image models: ``images`` uint8 ``[B, C, H, W]`` (``audio`` and ``sample_rate`` None). ``features``
+    ``[B, C, ...]`` in diffusion space."""
 
-    audio: Tensor
-    sample_rate: int
+    audio: Tensor | None
+    sample_rate: int | None
     seeds: tuple[int, ...]
     prompts: tuple
     features: Tensor
+    images: Tensor | None = None
+
+    @property
+    def modality(self) -> str:
+        return "image" if self.images is not None else "audio"
 
 
 class Pipeline:
@@ -91,7 +107,7 @@ class Pipeline:
         if codec.name == "mel":
             pipe.set_vocoder(config["audio"].get("vocoder", "griffin_lim") if vocoder == "model" else vocoder)
         elif vocoder not in ("model", None, "none"):
-            raise ValueError(f"{path}: a {codec.name!r} model decodes to audio itself; it takes no vocoder "
+            raise ValueError(f"{path}: a {codec.name!r} model decodes to {codec.modality} itself; it takes no vocoder "
                              f"(got vocoder={vocoder!r})")
         return pipe.to(device, dtype)
 
@@ -174,12 +190,39 @@ class Pipeline:
 
     # ------------------------------------------------------------------ facts
     @property
+    def modality(self) -> str:
+        """``"audio"`` or ``"image"``: what this model generates (its codec's modality)."""
+        return self.codec.modality
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images an image model generates and edits."""
+        if self.modality != "image":
+            raise ValueError(f"{self._name()} is an audio model: it has no image size")
+        return (self.codec.channels, *self.codec.size)
+
+    @property
     def sample_rate(self) -> int:
+        if self.modality != "audio":
+            raise ValueError(f"{self._name()} is an image model ({'x'.join(map(str, self.image_size))}): it has no "
+                             "sample rate")
         return int(self.codec.sample_rate)
 
     @property
     def train_seconds(self) -> float:
+        if self.modality != "audio":
+            raise ValueError(f"{self._name()} is an image model: it has no duration")
         return float(self.config["audio"]["seconds"])
+
+    def _name(self) -> str:
+        return f"model {self.config.get('source', {}).get('name') or self.path or '?'!r}"
+
+    def _need(self, modality: str, what: str) -> None:
+        if self.modality != modality:
+            alt = {"audio": "inpaint_image / outpaint_image / vary_image and images",
+                   "image": "inpaint / continue_audio / vary / stream and audio"}[self.modality]
+            raise ValueError(f"{what} is for {modality} models; {self._name()} is an {self.modality} model "
+                             f"(use {alt})")
 
     @property
     def max_window_seconds(self) -> float:
@@ -212,6 +255,8 @@ class Pipeline:
         return frames_for_seconds(self.codec, seconds)
 
     def _feature_shape(self) -> tuple[int, ...]:
+        if self.modality == "image":
+            return self.image_size[:-1]
         with torch.no_grad():
             f = self.codec.analyze(torch.zeros(1, self.codec.channels, self.sample_rate // 10))
         return tuple(f.shape[1:-1])
@@ -237,10 +282,17 @@ class Pipeline:
                 "weights_sha256_16": self.config.get("weights_sha256_16"),
                 "vocoder": _short_path(self.vocoder.name) if self.vocoder is not None else None,
                 "guide": _short_path(self.guide_path) if self.guide is not None else None,
-                "sample_rate": self.sample_rate, "sonodiff_version": __version__, **extra}
+                **({"sample_rate": self.sample_rate} if self.modality == "audio" else
+                   {"image_size": list(self.image_size)}),
+                "sonodiff_version": __version__, **extra}
 
     # ------------------------------------------------------------------ argument checks
     def _check_duration(self, duration_s) -> float:
+        if self.modality != "audio":
+            if duration_s is not None:
+                raise ValueError(f"duration_s has no meaning for an image model ({self._name()} generates "
+                                 f"{'x'.join(map(str, self.image_size))} images); got {duration_s!r}")
+            return 0.0
         if duration_s is None:
             return self.train_seconds
         if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s <= 0:
@@ -384,6 +436,15 @@ class Pipeline:
         duration_s = self._check_duration(duration_s)
         sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
                             schedule_options, cfg_rescale)
+        if self.modality == "image":
+            if clap_guidance is not None:
+                raise ValueError("clap_guidance guides audio models by the in-house CLAP; this is an image model")
+            rows, seeds = self._rows(prompts, num_per_prompt, seeds)
+            cond, negative = self._conds(rows, negative_prompt, duration_s)
+            z = generate_latents(self.model.denoiser, self.image_size, seeds, cond=cond, negative=negative,
+                                 callback=callback, device=self.device, max_rows=self.max_rows,
+                                 guide=self._guide_denoiser(), **sp)
+            return Generation(None, None, tuple(seeds), tuple(rows), z.cpu(), images=self.codec.decode(z.float().cpu()))
         if duration_s > self.max_window_seconds * 1.001:
             if clap_guidance is not None:
                 raise ValueError(f"CLAP guidance generates in one pass: duration {duration_s} s is longer than this "
@@ -416,22 +477,26 @@ class Pipeline:
     def best_of(self, prompts, scorer: Callable[[Tensor, int, list], Tensor], num_candidates: int = 4,
                 seed: int = 0, **kwargs) -> Generation:
         """Re-ranking: ``num_candidates`` samples per prompt, keep the one ``scorer(audio [N, C, T], sr, prompts)
-        -> [N]`` rates highest (e.g. a classifier's log-probability of the prompt's class, or CLAP similarity)."""
+        -> [N]`` rates highest (e.g. a classifier's log-probability of the prompt's class, or CLAP similarity).
+        Image models call ``scorer(images uint8 [N, C, H, W], None, prompts)``."""
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts] if prompts is not None else None
         n = len(prompts) if prompts is not None else 1
         seeds = [seed + i for i in range(n * num_candidates)]
         gen = self(prompts, num_per_prompt=num_candidates, seeds=seeds, **kwargs)
-        scores = torch.as_tensor(scorer(gen.audio, gen.sample_rate, list(gen.prompts)), dtype=torch.float64)
+        data = gen.images if gen.images is not None else gen.audio
+        scores = torch.as_tensor(scorer(data, gen.sample_rate, list(gen.prompts)), dtype=torch.float64)
         if scores.shape != (n * num_candidates,):
             raise ValueError(f"scorer must return [{n * num_candidates}] scores, got {tuple(scores.shape)}")
         best = scores.reshape(n, num_candidates).argmax(1) + torch.arange(n) * num_candidates
-        return Generation(gen.audio[best], gen.sample_rate, tuple(gen.seeds[i] for i in best.tolist()),
-                          tuple(gen.prompts[i] for i in best.tolist()),
-                          gen.features[best] if gen.features.numel() else gen.features)
+        return Generation(gen.audio[best] if gen.audio is not None else None, gen.sample_rate,
+                          tuple(gen.seeds[i] for i in best.tolist()), tuple(gen.prompts[i] for i in best.tolist()),
+                          gen.features[best] if gen.features.numel() else gen.features,
+                          images=gen.images[best] if gen.images is not None else None)
 
     # ------------------------------------------------------------------ editing
     def _encode_input(self, audio: Tensor, sample_rate: int) -> Tensor:
+        self._need("audio", "this edit (audio given with a sample rate)")
         if sample_rate != self.sample_rate:
             raise ValueError(f"input audio is at {sample_rate} Hz but this model works at {self.sample_rate} Hz; "
                              f"resample it first (sonodiff.audio.io.resample)")
@@ -560,6 +625,106 @@ class Pipeline:
         res = features_to_audio(self.codec, out.float().cpu(), length=audio.shape[-1], vocoder=self.vocoder)
         return Generation(res, sample_rate, tuple(seeds), tuple(rows), out.float().cpu())
 
+    # ------------------------------------------------------------------ image editing
+    def _check_image(self, image: Tensor, what: str = "image") -> Tensor:
+        """uint8 ``[C, H, W]`` of this model's channels and size, or a clear error."""
+        self._need("image", f"{what} editing")
+        C, H, W = self.image_size
+        if not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
+            got = f"{image.dtype} {list(image.shape)}" if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"{what} must be a uint8 tensor [C, H, W] (0..255), got {got}")
+        if tuple(image.shape) != (C, H, W):
+            raise ValueError(f"{what} is {image.shape[0]}x{image.shape[1]}x{image.shape[2]} (CxHxW); this model takes "
+                             f"{C}x{H}x{W} images")
+        return image
+
+    def _encode_image(self, image: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.codec.encode(image[None]).to(self.device)
+
+    @torch.no_grad()
+    def inpaint_image(self, image: Tensor, mask: Tensor, prompts=None, *, seeds=None, method: str = "replace",
+                      negative_prompt=None, num_steps: int | None = None, sampler=None, schedule=None,
+                      guidance_scale=None, guidance_interval="model", sampler_options=None, schedule_options=None,
+                      cfg_rescale=None, callback=None) -> Generation:
+        """Regenerate the pixels of ``image`` (uint8 ``[C, H, W]``) where ``mask`` (bool ``[H, W]``) is True, by the
+        same replacement / RePaint inpainting as audio (:mod:`sonodiff.core.editing`); every other pixel is
+        returned exactly as given. One output per prompt (or per seed, for an unconditional model)."""
+        self._check_image(image)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(image.shape[1:]):
+            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor [H, W] = {list(image.shape[1:])} (True = regenerate), "
+                             f"got {got}")
+        if not bool(mask.any()):
+            raise ValueError("mask selects no pixel to regenerate (True = regenerate)")
+        if method == "repaint" and sampler_options:
+            raise ValueError(f"method='repaint' takes its own ancestral (DDPM) steps; sampler_options {sampler_options} "
+                             "do not apply to it (use method='replace')")
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
+        rows, seeds = self._rows(prompts, 1, seeds)
+        z = self._encode_image(image).expand(len(rows), *image.shape).contiguous()
+        known = (~mask).to(self.device).expand_as(z).contiguous()
+        out = self._edit_sample(z, known, rows, seeds, negative_prompt, method, sp, 0.0, callback=callback)
+        gen = self.codec.decode(out.float().cpu())
+        res = torch.where(mask.cpu(), gen, image[None].cpu())
+        return Generation(None, None, tuple(seeds), tuple(rows), out.float().cpu(), images=res)
+
+    @torch.no_grad()
+    def outpaint_image(self, image: Tensor, extend: Sequence[int], prompts=None, *, seeds=None, **kwargs) -> Generation:
+        """Extend ``image`` (uint8 ``[C, h, w]``) by ``extend = (left, right, top, bottom)`` pixels and generate the
+        new border (inpainting of it, :meth:`inpaint_image`); the result must be this model's size (an image model
+        generates the size it was trained on), so e.g. a 20x28 crop with ``extend=(0, 0, 8, 0)`` becomes 28x28."""
+        self._need("image", "outpainting")
+        if (not isinstance(extend, (list, tuple)) or len(extend) != 4
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in extend) or not any(extend)):
+            raise ValueError(f"extend must be four pixel counts (left, right, top, bottom) >= 0, not all 0; got "
+                             f"{extend!r}")
+        left, right, top, bottom = extend
+        C, H, W = self.image_size
+        if not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != C:
+            got = f"{image.dtype} {list(image.shape)}" if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image must be a uint8 tensor [C={C}, h, w], got {got}")
+        h, w = image.shape[1:]
+        if (h + top + bottom, w + left + right) != (H, W):
+            raise ValueError(f"a {h}x{w} image extended by left {left}, right {right}, top {top}, bottom {bottom} is "
+                             f"{h + top + bottom}x{w + left + right}; this model generates {H}x{W} images "
+                             f"(extend by {H - h} rows and {W - w} columns in all)")
+        canvas = torch.zeros((C, H, W), dtype=torch.uint8)
+        canvas[:, top:top + h, left:left + w] = image
+        mask = torch.ones((H, W), dtype=torch.bool)
+        mask[top:top + h, left:left + w] = False
+        return self.inpaint_image(canvas, mask, prompts, seeds=seeds, **kwargs)
+
+    @torch.no_grad()
+    def vary_image(self, image: Tensor, strength: float, prompts=None, *, seeds=None, negative_prompt=None,
+                   num_steps: int | None = None, sampler=None, schedule=None, guidance_scale=None,
+                   guidance_interval="model", sampler_options=None, schedule_options=None, cfg_rescale=None,
+                   callback=None) -> Generation:
+        """SDEdit variation of ``image`` (uint8 ``[C, H, W]``): strength 0 returns it unchanged, 1 ignores it (the
+        same :func:`sonodiff.core.editing.sdedit_start` as :meth:`vary`)."""
+        from sonodiff.core import sample
+        from sonodiff.core.editing import sdedit_start
+
+        self._check_image(image)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+        sp = self._sampling(num_steps, sampler, schedule, guidance_scale, guidance_interval, sampler_options,
+                            schedule_options, cfg_rescale)
+        rows, seeds = self._rows(prompts, 1, seeds)
+        z = self._encode_image(image)
+        if strength == 0:
+            return Generation(None, None, tuple(seeds), tuple(rows), z.expand(len(rows), *z.shape[1:]).cpu(),
+                              images=image[None].expand(len(rows), *image.shape).clone())
+        D, cond = self._guided(rows, negative_prompt, sp, 0.0)
+        gens = seed_generators(seeds)
+        x, grid = sdedit_start(z.expand(len(rows), *z.shape[1:]).double(), self._grid(sp).to(self.device),
+                               strength=strength, generator=gens)
+        out = (sample(D, x, grid, sp["sampler"], cond=cond, generator=gens, callback=callback, **sp["sampler_options"])
+               if len(grid) > 1 else x)
+        return Generation(None, None, tuple(seeds), tuple(rows), out.float().cpu(),
+                          images=self.codec.decode(out.float().cpu()))
+
     # ------------------------------------------------------------------ long-form
     @torch.no_grad()
     def stream(self, prompts=None, *, duration_s: float, num_per_prompt: int = 1, overlap: float = 0.25,
@@ -575,6 +740,7 @@ class Pipeline:
         (``seconds_start``) and the whole length (``seconds_total = duration_s``). ``callback(info)``: after every
         sampler step of every window (``info["window"]`` says which).
         """
+        self._need("audio", "stream (long-form audio)")
         duration_s = self._check_duration(duration_s)
         if not 0.0 < overlap < 0.9:
             raise ValueError(f"overlap must be in (0, 0.9), got {overlap}")

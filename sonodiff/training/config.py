@@ -49,9 +49,13 @@ def _check_sampler_options(field: str, sampler: str, options: dict) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the audio is and how training examples are cut from it."""
+    """Where the data is and how training examples are cut from it (``seconds``, ``crop`` and ``pad`` are for
+    audio; an image codec's examples are its whole fixed-size images)."""
 
     root: str = ""  # dataset folder (required)
+    # a data set that ships inside an installed package (sonodiff.data.bundled.BUNDLED: "mnist", "sklearn_digits"),
+    # written to ``root`` as a folder dataset the first time a run needs it; empty = root is the user's data
+    bundled: str = ""
     layout: str = "folder"  # a key of sonodiff.data.layouts.LAYOUTS
     cache_dir: str = ""  # feature cache; default <root>/.sonodiff_cache
     split: str = "train"
@@ -66,6 +70,10 @@ class DataConfig:
         from sonodiff.data.layouts import LAYOUTS
 
         _check_name("data.layout", self.layout, LAYOUTS, "dataset layout")
+        if self.bundled:
+            from sonodiff.data.bundled import BUNDLED
+
+            _check_name("data.bundled", self.bundled, BUNDLED, "bundled data set")
         if self.seconds <= 0:
             raise ValueError(f"data.seconds must be > 0, got {self.seconds}")
 

@@ -1,7 +1,8 @@
 """Periodic demo generations during training: fixed prompts and seeds, so runs and steps are comparable.
 
 Written to ``RUN_DIR/demos/step_XXXXXXXX/{k}_{prompt}.wav`` and ``.png`` (log-mel image) and to
-TensorBoard (audio and image). Mel models are voiced with Griffin-Lim.
+TensorBoard (audio and image). Mel models are voiced with ``demo.vocoder``. Image models write
+``{k}_{prompt}.png`` and ``grid.png`` (all prompts side by side).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, devi
     if model.conditioner is None or not takes_prompt(model.conditioner):
         prompts = [None] * max(1, len(prompts))
     seeds = [d.seed + i for i in range(len(prompts))]
-    demo_frames = frames if not d.seconds else _frames(codec, d.seconds)
-    shape = tuple(_example_shape(codec)) + (demo_frames,)
+    from sonodiff.models.diffusion import example_shape
+
+    demo_frames = frames if not d.seconds or codec.modality != "audio" else _frames(codec, d.seconds)
+    shape = tuple(example_shape(codec, cfg.data.seconds)[:-1]) + (demo_frames,)
     cond = None  # timing conditioners are given (0, the demo's length), prompt conditioners the prompts
     if model.conditioner is not None and (prompts[0] is not None or not takes_prompt(model.conditioner)):
         seconds = d.seconds or cfg.data.seconds
@@ -69,13 +72,15 @@ def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, devi
                          cfg_rescale=d.cfg_rescale, num_steps=d.steps, sampler=d.sampler,
                          sampler_options=d.sampler_options, schedule=d.schedule, schedule_options=d.schedule_options,
                          sigma_min=cfg.model.sigma_min, sigma_max=cfg.model.sigma_max, device=device)
+    out = Path(run_dir) / "demos" / f"step_{step:08d}"
+    if codec.modality == "image":
+        return _image_demos(codec, z.cpu(), prompts, step, out, logger)
     vocoder = None
     if codec.name == "mel":
         from sonodiff.models.vocoders import load_vocoder
 
         vocoder = load_vocoder(d.vocoder, expect=codec.config)
     audio = features_to_audio(codec, z.cpu(), vocoder=vocoder)
-    out = Path(run_dir) / "demos" / f"step_{step:08d}"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for k, (p, a) in enumerate(zip(prompts, audio)):
@@ -94,7 +99,16 @@ def _frames(codec, seconds: float) -> int:
     return frames_for_seconds(codec, seconds)
 
 
-def _example_shape(codec) -> list[int]:
-    with torch.no_grad():
-        f = codec.analyze(torch.zeros(1, codec.channels, codec.sample_rate // 4))
-    return list(f.shape[1:-1])
+def _image_demos(codec, z: torch.Tensor, prompts: list, step: int, out: Path, logger) -> list[Path]:
+    """Image models: one PNG per prompt and a grid of them (also to TensorBoard)."""
+    from sonodiff.audio.image_io import image_grid, save_png
+
+    images = codec.decode(z)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [save_png(out / f"{k}_{_slug(p) if p is not None else 'uncond'}.png", im)
+               for k, (p, im) in enumerate(zip(prompts, images))]
+    grid = image_grid(images, columns=len(images))
+    written.append(save_png(out / "grid.png", grid))
+    g = grid.permute(1, 2, 0)
+    logger.image("demo/grid", step, (g.expand(*g.shape[:2], 3) if g.shape[-1] == 1 else g).numpy())
+    return written

@@ -20,13 +20,20 @@ __all__ = ["export_run", "model_sections"]
 
 
 def model_sections(config: dict, codec) -> dict[str, dict]:
-    """The ``sampling`` and ``audio`` sections of an exported model's config.json, from a run's resolved
-    config (``Config.to_dict()``) and its fitted codec: every default :class:`sonodiff.pipelines.Pipeline`
-    generates with (sampler and its options, grid and its options, steps, guidance scale, interval and rescale,
-    noise range, training length and the longest one-pass window)."""
+    """The ``sampling`` and ``audio`` (or, for an image codec, ``image``) sections of an exported model's
+    config.json, from a run's resolved config (``Config.to_dict()``) and its fitted codec: every default
+    :class:`sonodiff.pipelines.Pipeline` generates with (sampler and its options, grid and its options, steps,
+    guidance scale, interval and rescale, noise range; audio: training length and the longest one-pass window;
+    image: channels, height and width)."""
     from sonodiff.models.diffusion import frames_for_seconds
     from sonodiff.training.config import sampling_defaults
 
+    if codec.modality == "image":
+        if codec.size is None:
+            raise ValueError("an image model needs a fixed size: codec.options height and width")
+        return {"sampling": sampling_defaults(config),
+                "image": {"codec": codec.name, "channels": codec.channels, "height": codec.size[0],
+                          "width": codec.size[1]}}
     seconds = config["data"]["seconds"]
     window = config["demo"].get("max_window_seconds") or seconds
     if window < seconds:
@@ -90,7 +97,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     if vocoder is not None:
         from sonodiff.models.vocoders import load_vocoder
 
-        if codec.name != "mel":
+        if codec.name != "mel":  # waveform and image models
             raise ValueError(f"a {codec.name!r} model takes no vocoder (got vocoder={vocoder!r})")
         load_vocoder(vocoder, expect=codec.config)  # refuses a vocoder of other mel settings, naming both
         sections["audio"]["vocoder"] = vocoder

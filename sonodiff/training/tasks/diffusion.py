@@ -15,7 +15,7 @@ import torch
 
 from sonodiff.core.schedules import sample_sigmas
 from sonodiff.data.datasets import CachedDataset
-from sonodiff.models.diffusion import frames_for_seconds
+from sonodiff.models.diffusion import example_frames
 from sonodiff.training.build import build_model, check_trainer_inputs, example_values, label_field, needs_labels
 from sonodiff.training.data import PositionOrder, example_generator
 from sonodiff.training.task import Task
@@ -38,6 +38,10 @@ class DiffusionTask(Task):
         codec = make_codec(cfg.codec.name, **cfg.codec.options)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".sonodiff_cache"
         if self.rank == 0:
+            if cfg.data.bundled:
+                from sonodiff.data.bundled import build_bundled
+
+                build_bundled(cfg.data.bundled, cfg.data.root, log=self.log)  # no-op once built
             report = prepare(cfg.data.root, codec, cache_dir=cache_dir, layout=cfg.data.layout,
                              workers=cfg.data.prepare_workers, log=self.log, fit_split=cfg.data.split)
             self.log(f"feature cache: {report.summary()}")
@@ -49,7 +53,7 @@ class DiffusionTask(Task):
         cfg = self.cfg
         fdir = self.feature_dir
         self.codec = run_codec(self.run_dir, fdir, self.log)
-        self.frames = frames_for_seconds(self.codec, cfg.data.seconds)
+        self.frames = example_frames(self.codec, cfg.data.seconds)
         self.ds = CachedDataset(fdir, cfg.data.split, self.frames, cfg.data.crop, pad=cfg.data.pad,
                                 max_items=cfg.data.max_items, in_memory=True, codec=self.codec)
         self.order = PositionOrder(len(self.ds), cfg.train.seed)

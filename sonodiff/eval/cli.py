@@ -19,10 +19,24 @@ def _calibration(specs: list[str]) -> dict[str, str]:
 
 def _evaluate(args) -> int:
     from sonodiff.eval.evaluate import evaluate
-    from sonodiff.utils.atomic import atomic_write_json, atomic_write_text
 
     try:
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        from sonodiff.eval.evaluate import evaluate_images, is_image_set
+
+        if is_image_set(args.generated):
+            audio_only = [f for f, v in (("--embedding", args.embedding != "classifier"),
+                                         ("--resynthesis", args.resynthesis), ("--loudness", args.loudness != "none"))
+                          if v]
+            if audio_only:
+                raise ValueError(f"{', '.join(audio_only)} apply to audio; {args.generated} holds images")
+            metrics = [m.strip() for m in (args.metrics or "accuracy,frechet,kid").split(",") if m.strip()]
+            report = evaluate_images(args.generated, args.reference, metrics=metrics,
+                                     calibration=_calibration(args.calibration), noise=not args.no_noise,
+                                     classifier=args.classifier, classifier_steps=args.classifier_steps,
+                                     bootstrap=args.bootstrap, seed=args.seed, layout=args.layout, limit=args.limit,
+                                     protocol=args.protocol, log=lambda m: print(m, file=sys.stderr, flush=True))
+            return _write(report, args)
+        metrics = [m.strip() for m in (args.metrics or "frechet,kad").split(",") if m.strip()]
         report = evaluate(args.generated, args.reference, metrics=metrics, embedding=args.embedding,
                           calibration=_calibration(args.calibration), resynthesis=args.resynthesis,
                           noise=not args.no_noise, classifier=args.classifier, clap=args.clap,
@@ -32,6 +46,12 @@ def _evaluate(args) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return _write(report, args)
+
+
+def _write(report, args) -> int:
+    from sonodiff.utils.atomic import atomic_write_json, atomic_write_text
+
     md = report.to_markdown()
     print(md)
     if args.json:
@@ -42,16 +62,17 @@ def _evaluate(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from sonodiff.eval.evaluate import EMBEDDINGS, METRICS
+    from sonodiff.eval.evaluate import EMBEDDINGS, IMAGE_METRICS, METRICS
 
-    p = sub.add_parser("evaluate", help="score generated clips against real ones, with calibration rows",
+    p = sub.add_parser("evaluate", help="score generated clips or images against real ones, with calibration rows",
                        description="Score the clips of GEN (a folder; DIR@key=value,... filters on fields) against "
                                    "--reference: distribution distances in an embedding, class accuracy, CLAP "
                                    "score, speech and pitch metrics, paired reconstruction metrics; calibration rows "
                                    "(another real set, resynthesis, white noise) are scored the same way.")
     p.add_argument("generated", help="folder of clips to evaluate (JSON sidecars or a dataset layout give fields)")
     p.add_argument("--reference", required=True, help="real clips: DIR or DIR@split=test,domain=sfx")
-    p.add_argument("--metrics", default="frechet,kad", help=f"comma-separated, from {','.join(METRICS)}")
+    p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default frechet,kad); for a folder "
+                                     f"of images from {','.join(IMAGE_METRICS)} (default accuracy,frechet,kid)")
     p.add_argument("--embedding", default="classifier", choices=EMBEDDINGS, help="embedding of frechet and kad")
     p.add_argument("--calibration", action="append", metavar="NAME=DIR",
                    help="another real set scored as a calibration row (repeatable)")

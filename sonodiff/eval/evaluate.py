@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["METRICS", "EMBEDDINGS", "ClipSet", "load_set", "load_protocol", "evaluate", "Report", "load_classifier",
+__all__ = ["METRICS", "EMBEDDINGS", "IMAGE_METRICS", "ClipSet", "ImageSet", "load_set", "load_image_set", "set_rows",
+           "load_protocol", "evaluate", "evaluate_images", "is_image_set", "Report", "load_classifier",
            "save_classifier"]
 
 METRICS = ("frechet", "kad", "clap", "accuracy", "wer", "speaker", "pitch", "pesq", "stoi", "mel", "sisdr")
@@ -147,20 +148,18 @@ def load_protocol(path: str | Path) -> dict:
     return {"name": body.get("name", p.stem), "description": body.get("description", ""), "clips": clips}
 
 
-def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: int = 0,
-             protocol: dict | None = None) -> ClipSet:
-    """Read a set (see the module docstring). Unreadable files are an error naming the file. ``protocol``
-    (:func:`load_protocol`): keep exactly the listed clips, with the manifest's fields; a listed clip that is
-    missing is an error."""
-    from sonodiff.audio.io import load_audio
-
+def set_rows(spec: str, layout: str = "folder", limit: int = 0, protocol: dict | None = None,
+             extensions: tuple[str, ...] = AUDIO_EXT, what: str = "audio") -> tuple[Path, list[tuple[str, dict]]]:
+    """The files of a set spec and their fields, ``(root, [(relative path, fields)])``, for audio clips or images
+    (``extensions``): from JSON sidecars when every file has one, else from the folder's dataset layout; then the
+    protocol's clips, the ``@key=value`` filters and ``limit`` (evenly spaced) applied."""
     root, filters = _parse_spec(spec)
     if not root.is_dir():
         raise FileNotFoundError(f"set {spec!r}: {root} is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXT and p.is_file()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise ValueError(f"set {spec!r}: no audio files ({', '.join(AUDIO_EXT)}) under {root}")
+        raise ValueError(f"set {spec!r}: no {what} files ({', '.join(extensions)}) under {root}")
     rows: list[tuple[str, dict]] = []
     sidecars = {p: p.with_suffix(".json") for p in files}
     if all(s.is_file() for s in sidecars.values()):
@@ -178,7 +177,7 @@ def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: 
     else:
         from sonodiff.data.layouts import scan
 
-        s = scan(root, layout)
+        s = scan(root, layout, **({"extensions": extensions} if layout == "folder" else {}))
         for it in sorted(s.items, key=lambda it: it.path):
             f = {"caption": it.caption, "label": it.label, "transcript": it.transcript, "speaker": it.speaker,
                  "split": it.split, **{k: v for k, v in it.meta.items() if isinstance(v, (str, int, float))}}
@@ -202,6 +201,17 @@ def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: 
         rows = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
     if not rows:
         raise ValueError(f"set {spec!r}: no clips left after the filters {dict(filters)}")
+    return root, rows
+
+
+def load_set(spec: str, name: str | None = None, layout: str = "folder", limit: int = 0,
+             protocol: dict | None = None) -> ClipSet:
+    """Read a set (see the module docstring). Unreadable files are an error naming the file. ``protocol``
+    (:func:`load_protocol`): keep exactly the listed clips, with the manifest's fields; a listed clip that is
+    missing is an error."""
+    from sonodiff.audio.io import load_audio
+
+    root, rows = set_rows(spec, layout, limit, protocol)
     paths, audio, rates, fields = [], [], [], {k: [] for k in FIELDS}
     for rel, f in rows:
         try:
@@ -392,13 +402,15 @@ class Report:
     settings: dict
     rows: list[dict]
     notes: list[str]
+    titles: dict | None = None  # metric -> column title (default METRIC_TITLES, the audio metrics)
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "rows": self.rows, "notes": self.notes}
 
     def to_markdown(self) -> str:
         metrics = [m for m in self.settings["metrics"] if any(m in r["metrics"] for r in self.rows)]
-        head = ["row", "kind", "n"] + [METRIC_TITLES[m] for m in metrics]
+        titles = self.titles or METRIC_TITLES
+        head = ["row", "kind", "n"] + [titles[m] for m in metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             cells = [r["row"], r["kind"], str(r["n"])]
@@ -407,7 +419,8 @@ class Report:
                 cells.append("-" if v is None else _fmt(v))
             lines.append("| " + " | ".join(cells) + " |")
         s = self.settings
-        out = [f"# sonodiff evaluate: {s['evaluated']}", "", f"Reference: `{s['reference']}` ({s['reference_n']} clips). "
+        unit = "images" if s.get("modality") == "image" else "clips"
+        out = [f"# sonodiff evaluate: {s['evaluated']}", "", f"Reference: `{s['reference']}` ({s['reference_n']} {unit}). "
                f"Embedding: {s.get('embedding_description', '-')}. Preprocessing: {s['preprocessing']}. Bootstrap: "
                f"{s['bootstrap']} resamplings, seed {s['seed']} (95% intervals in brackets)." +
                (f" Protocol: {s['protocol']['name']} ({s['protocol']['clips']} clips)." if s.get("protocol") else ""),
@@ -714,3 +727,176 @@ def _paired(pairs, which: list[str]) -> dict:
         res["pesq"]["mode"] = "/".join(sorted(modes))
         res["pesq"]["failures"] = fails
     return res
+
+
+# --- images ---------------------------------------------------------------------------------------------------
+
+IMAGE_METRICS = ("accuracy", "frechet", "kid", "psnr", "ssim")
+IMAGE_METRIC_TITLES = {"accuracy": "accuracy", "frechet": "FID (in-house)", "kid": "KID x1000 (in-house)",
+                       "psnr": "PSNR (dB)", "ssim": "SSIM"}
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 ``[C, H, W]``, one size for the set) and their fields, by relative path."""
+
+    name: str
+    spec: str
+    paths: list[str]
+    images: Tensor  # [N, C, H, W] uint8
+    fields: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    values = ClipSet.values
+    has = ClipSet.has
+
+
+def is_image_set(spec: str) -> bool:
+    """Whether the folder of a set spec holds images (and no audio): `sonodiff evaluate` then scores images."""
+    from sonodiff.audio.image_io import IMAGE_EXTENSIONS
+
+    root, _ = _parse_spec(spec)
+    if not root.is_dir():
+        return False
+    kinds = {p.suffix.lower() for p in root.rglob("*") if p.is_file()}
+    return bool(kinds & set(IMAGE_EXTENSIONS)) and not kinds & set(AUDIO_EXT)
+
+
+def load_image_set(spec: str, name: str | None = None, layout: str = "folder", limit: int = 0,
+                   protocol: dict | None = None) -> ImageSet:
+    """An image set (the same specs, sidecars, metadata, protocols and filters as audio sets, :func:`set_rows`);
+    images of another size or mode than the set's first are an error naming the file."""
+    from sonodiff.audio.image_io import IMAGE_EXTENSIONS, read_image
+
+    root, rows = set_rows(spec, layout, limit, protocol, extensions=IMAGE_EXTENSIONS, what="image")
+    first = read_image(root / rows[0][0])
+    images, fields = [], {k: [] for k in FIELDS}
+    for rel, f in rows:
+        x = read_image(root / rel, first.shape[0], tuple(first.shape[1:]))  # ImageFileError names the file
+        images.append(x)
+        for k in FIELDS:
+            v = f.get(k)
+            fields[k].append(None if v is None else str(v))
+    return ImageSet(name or str(spec), str(spec), [r for r, _ in rows], torch.stack(images), fields)
+
+
+def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metrics=("accuracy", "frechet", "kid"),
+                    calibration: dict[str, str] | None = None, noise: bool = True,
+                    classifier: str | Path | None = None, classifier_steps: int = 600, bootstrap: int = 200,
+                    seed: int = 0, layout: str = "folder", limit: int = 0, protocol: str | Path | None = None,
+                    log=print) -> Report:
+    """Score a folder of generated images against real ones, with calibration rows (the image side of
+    :func:`evaluate`; the same set specs, protocols and report).
+
+    Metrics (:data:`IMAGE_METRICS`): ``accuracy`` (the in-house image classifier, :mod:`sonodiff.eval.images`, against
+    each image's label), ``frechet`` (FID) and ``kid`` (KID, Binkowski et al. 2018) in that classifier's penultimate
+    embedding against the reference images, and the paired ``psnr`` / ``ssim`` (each image against the reference
+    image of the same relative path: reconstructions, inpainting). Labelled in-house: comparable with each other,
+    never with Inception FIDs. Rows: the evaluated set, every ``calibration`` set (e.g. real test images: "real vs
+    real"), and uniform noise images as many as the evaluated set (what "no information" scores).
+    ``classifier``: a saved image classifier (:func:`sonodiff.eval.images.save_image_classifier`); when it does not
+    exist yet one is trained on the reference's labels and saved there (None: trained, not saved)."""
+    from sonodiff.eval import images as im
+    from sonodiff.eval.metrics import bootstrap as boot
+    from sonodiff.eval.metrics import frechet_distance, proportion_ci
+
+    metrics = tuple(dict.fromkeys(metrics))
+    bad = [m for m in metrics if m not in IMAGE_METRICS]
+    if bad or not metrics:
+        raise ValueError(f"metrics {bad or list(metrics)}: valid metrics for images are {list(IMAGE_METRICS)}")
+    t0 = time.time()
+    proto = load_protocol(protocol) if protocol is not None else None
+    gen = generated if isinstance(generated, ImageSet) else load_image_set(generated, layout=layout, limit=limit,
+                                                                           protocol=proto)
+    ref = reference if isinstance(reference, ImageSet) else load_image_set(reference, layout=layout)
+    gen.name = gen.name if isinstance(generated, ImageSet) else f"{Path(gen.spec).name or gen.spec}"
+    if gen.images.shape[1:] != ref.images.shape[1:]:
+        raise ValueError(f"the evaluated images are {list(gen.images.shape[1:])} (CxHxW) and the reference's "
+                         f"{list(ref.images.shape[1:])}: score images of one size")
+    if "accuracy" in metrics and not gen.has("label"):
+        raise ValueError(f"metric 'accuracy' needs a 'label' for every image, and images of {gen.spec!r} lack it: give "
+                         "it in the JSON sidecars (sonodiff generate --protocol writes it) or the folder's metadata")
+    sets: list[tuple[ImageSet, str]] = [(gen, "evaluated")]
+    notes: list[str] = []
+    for cname, spec in (calibration or {}).items():
+        sets.append((load_image_set(spec, name=f"calibration: {cname}", layout=layout, limit=limit), "calibration"))
+    if len(sets) == 1:
+        notes.append("no real-vs-real row: give a second real set with --calibration NAME=DIR (e.g. real test images) "
+                     "to show what real images score against this reference")
+    if noise:
+        g = torch.Generator().manual_seed(seed)
+        sets.append((ImageSet("calibration: uniform noise", "noise", list(gen.paths),
+                              torch.randint(0, 256, tuple(gen.images.shape), generator=g, dtype=torch.uint8),
+                              {k: list(v) for k, v in gen.fields.items()}), "calibration"))
+    need_clf = any(m in metrics for m in ("accuracy", "frechet", "kid"))
+    clf = None
+    if need_clf:
+        if classifier is not None and (Path(classifier) / "config.json").is_file():
+            clf = im.load_image_classifier(classifier)
+        else:
+            if not ref.has("label"):
+                raise ValueError(f"training the in-house image classifier needs labels on the reference "
+                                 f"{ref.spec!r} (or give a trained one with --classifier DIR)")
+            labels = sorted(set(ref.values("label")))
+            C, H, W = ref.images.shape[1:]
+            log(f"training the in-house image classifier on {len(ref)} reference images ({len(labels)} labels, "
+                f"{classifier_steps} steps)")
+            clf = im.train_image_classifier(ref.images, ref.values("label"),
+                                            im.ImageClassifierConfig(labels=tuple(labels), channels=C, height=H,
+                                                                     width=W), steps=classifier_steps, seed=seed)
+            if classifier is not None:
+                im.save_image_classifier(clf, classifier)
+    ref_emb = im.embed_images(clf, ref.images) if clf is not None else None
+    ref_by_path = {p: i for i, p in enumerate(ref.paths)}
+    settings = {"evaluated": gen.spec, "reference": ref.spec, "reference_n": len(ref), "metrics": list(metrics),
+                "modality": "image", "embedding": "in-house image classifier" if clf is not None else None,
+                "embedding_description": (f"in-house image classifier ({clf.config.embed_dim}-d penultimate layer, "
+                                          f"{len(clf.config.labels)} labels)") if clf is not None else "-",
+                "preprocessing": f"uint8 images {'x'.join(map(str, ref.images.shape[1:]))} (CxHxW) as they are",
+                "bootstrap": bootstrap, "seed": seed, "classifier": str(classifier) if classifier else None,
+                "classifier_labels": list(clf.config.labels) if clf is not None else None,
+                "protocol": {"name": proto["name"], "clips": len(proto["clips"])} if proto else None}
+    rows = []
+    for s, kind in sets:
+        row = {"row": s.name, "kind": kind, "spec": s.spec, "n": len(s), "metrics": {}}
+        m = row["metrics"]
+        if clf is not None:
+            e, pred = im._embed_and_predict(clf, s.images)
+            if len(e) >= 2 and "frechet" in metrics:
+                m["frechet"] = {"value": frechet_distance(e, ref_emb),
+                                "ci": list(boot(frechet_distance, e, ref_emb, bootstrap, seed)) if bootstrap else None}
+            if len(e) >= 2 and "kid" in metrics:
+                k, k_std = im.kid(e, ref_emb, seed=seed)
+                m["kid"] = {"value": 1000 * k, "ci": None, "std_over_subsets": 1000 * k_std}
+            if "accuracy" in metrics and s.has("label"):
+                labels = s.values("label")
+                unknown = sorted(set(labels) - set(clf.config.labels))
+                if unknown:
+                    raise ValueError(f"set {s.spec!r}: labels {unknown[:5]} are not among the classifier's "
+                                     f"{list(clf.config.labels)[:10]}")
+                hits = int((pred == torch.tensor([clf.config.labels.index(x) for x in labels])).sum())
+                m["accuracy"] = {"value": hits / len(s), "ci": list(proportion_ci(hits, len(s))), "n": len(s)}
+        paired = [p for p in ("psnr", "ssim") if p in metrics]
+        if paired and s.spec != "noise":
+            idx = [(i, ref_by_path[p]) for i, p in enumerate(s.paths) if p in ref_by_path]
+            if not idx:
+                if kind == "evaluated":
+                    raise ValueError(f"paired metrics ({paired}) match images by relative path, and no image of "
+                                     f"{s.spec!r} has a namesake in {ref.spec!r}")
+            else:
+                a = s.images[[i for i, _ in idx]]
+                b = ref.images[[j for _, j in idx]]
+                for p in paired:
+                    vals = (im.psnr if p == "psnr" else im.ssim)(b, a).values
+                    m[p] = _mean_ci([float(v) for v in vals]) if np.isfinite(vals).all() else \
+                        {"value": float("inf"), "ci": None, "identical": int(np.isinf(vals).sum())}
+                if len(idx) < len(s):
+                    notes.append(f"{s.name}: {len(s) - len(idx)} images have no reference namesake (not paired)")
+        rows.append(row)
+        log(f"{s.name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
+    notes.append("KID is x1000, its spread the std over random subsets (not a standard error); FID intervals are "
+                 "bootstrap resamplings of the scored set. CLIP score is not offered yet (no in-house CLIP).")
+    settings["seconds"] = round(time.time() - t0, 1)
+    return Report(settings, rows, notes, titles=IMAGE_METRIC_TITLES)

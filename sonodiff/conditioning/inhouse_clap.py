@@ -32,6 +32,11 @@ __all__ = ["ClapConfig", "ClapNet", "load_clap_net", "InHouseClapConfig", "InHou
 
 @dataclass(frozen=True)
 class ClapConfig:
+    # what the tower embeds: "audio" (log-mels) or "image" (pixels: the in-house CLIP, a text-image model)
+    modality: str = "audio"
+    channels: int = 1  # image: 1 (greyscale) or 3 (RGB)
+    image_height: int = 0  # image: the size the tower is trained on (convolutional and pooled: others run too)
+    image_width: int = 0
     # the audio features (a mel codec's settings; natural-log magnitude mels)
     sample_rate: int = 16000
     n_fft: int = 1024
@@ -49,6 +54,11 @@ class ClapConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
+        if self.modality not in ("audio", "image"):
+            raise ValueError(f"ClapConfig.modality must be 'audio' or 'image', got {self.modality!r}")
+        if self.modality == "image" and (self.channels not in (1, 3) or self.image_height < 1 or self.image_width < 1):
+            raise ValueError(f"an image ClapConfig needs channels 1 or 3 and image_height, image_width >= 1, got "
+                             f"{self.channels}, {self.image_height}x{self.image_width}")
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "width", "embed_dim", "text_dim", "text_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClapConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -79,7 +89,9 @@ def _conv(i: int, o: int) -> nn.Sequential:
 
 
 class ClapNet(nn.Module):
-    """The trained part of the in-house CLAP: audio tower on log-mels, text projection, temperature."""
+    """The trained part of the in-house CLAP: audio tower on log-mels, text projection, temperature. With
+    ``modality="image"`` the same tower takes pixels (the in-house CLIP): normalised by the training images'
+    mean and std, pooled over height (mean) and width (mean + max) as a mel is over frequency and time."""
 
     def __init__(self, config: ClapConfig) -> None:
         super().__init__()
@@ -92,7 +104,7 @@ class ClapNet(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(()))
         self.register_buffer("feat_std", torch.ones(()))
         self.audio = nn.Sequential(
-            _conv(1, w // 2), nn.MaxPool2d(2),
+            _conv(c.channels if c.modality == "image" else 1, w // 2), nn.MaxPool2d(2),
             _conv(w // 2, w), _conv(w, w), nn.MaxPool2d(2),
             _conv(w, 2 * w), _conv(2 * w, 2 * w), nn.MaxPool2d(2),
             _conv(2 * w, 4 * w), _conv(4 * w, 4 * w),
@@ -111,8 +123,23 @@ class ClapNet(nn.Module):
 
     def embed_mel(self, mel: Tensor) -> Tensor:
         """log-mel ``[B, n_mels, frames]`` -> L2-normalised audio embedding ``[B, D]`` (float32)."""
-        x = ((mel - self.feat_mean) / self.feat_std)[:, None]
-        h = self.audio(x).mean(dim=2)  # [B, C, frames / 8]
+        return self._embed(((mel - self.feat_mean) / self.feat_std)[:, None])
+
+    def embed_pixels(self, images: Tensor) -> Tensor:
+        """images ``[B, C, H, W]`` (uint8, or float 0..255) -> L2-normalised image embedding ``[B, D]``."""
+        c = self.config
+        if c.modality != "image":
+            raise ValueError("this is an audio CLAP: it embeds log-mels (embed_mel), not images")
+        if images.ndim != 4 or images.shape[1] != c.channels:
+            raise ValueError(f"the in-house CLIP embeds images [B, {c.channels}, H, W], got {list(images.shape)}")
+        return self._embed((images.float() - self.feat_mean) / self.feat_std)
+
+    def embed_input(self, x: Tensor) -> Tensor:
+        """The tower's input (a log-mel ``[B, n_mels, frames]``, or images ``[B, C, H, W]``) -> embedding."""
+        return self.embed_pixels(x) if self.config.modality == "image" else self.embed_mel(x)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        h = self.audio(x).mean(dim=2)  # [B, C, frames / 8] (images: [B, C, W / 8])
         h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         return nn.functional.normalize(self.audio_proj(h).float(), dim=-1)
 

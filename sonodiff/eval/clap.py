@@ -44,6 +44,7 @@ from sonodiff.conditioning.inhouse_clap import ClapConfig, ClapNet, load_clap_ne
 
 __all__ = ["ClapConfig", "ClapNet", "InHouseClap", "TransformersClap", "load_clap", "save_clap_dir", "clap_score",
            "retrieval_recall", "contrastive_loss", "zero_shot_accuracy", "clap_scorer", "clap_feature_score",
+           "clip_score", "clip_image_scorer",
            "check_codec_matches"]
 
 FORMAT, FORMAT_VERSION = "sonodiff-model", 1  # CLAP model directories (save_clap_dir)
@@ -154,6 +155,39 @@ class InHouseClap:
                 a = torch.stack([clips[i] for i in part]).to(self.device)
                 out[part] = self.net.embed_mel(self.net.log_mel(a)).cpu()
         return out
+
+
+    @property
+    def modality(self) -> str:
+        """"audio" (a CLAP) or "image" (the in-house CLIP: :meth:`embed_images`)."""
+        return self.net.config.modality
+
+    @torch.no_grad()
+    def embed_images(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        """uint8 images ``[N, C, H, W]`` -> L2-normalised embeddings ``[N, D]`` (an image CLIP only)."""
+        if self.modality != "image":
+            raise ValueError(f"{self.name} is a text-audio CLAP: it embeds audio (embed_audio), not images")
+        out = [self.net.embed_pixels(images[i:i + batch_size].to(self.device)).cpu()
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.net.config.embed_dim)
+
+
+def clip_score(clip: InHouseClap, images: Tensor, captions: Sequence[str]) -> Tensor:
+    """CLIP score ``[N]``: the cosine of each image's and its caption's embeddings in an image CLIP (Hessel et al.
+    2021 use ``100 * max(cos, 0)`` with OpenAI CLIP; here the raw cosine in the in-house space, comparable only
+    with itself)."""
+    if len(images) != len(captions):
+        raise ValueError(f"clip_score needs one caption per image, got {len(captions)} for {len(images)}")
+    return (clip.embed_images(images) * clip.embed_text(list(captions))).sum(-1)
+
+
+def clip_image_scorer(clip: InHouseClap):
+    """A :meth:`sonodiff.pipelines.Pipeline.best_of` scorer for image models: the CLIP score of each candidate."""
+
+    def score(images: Tensor, sample_rate, prompts: list) -> Tensor:
+        return clip_score(clip, images, [str(p) for p in prompts])
+
+    return score
 
 
 class TransformersClap:

@@ -34,7 +34,8 @@ def _evaluate(args) -> int:
                                      calibration=_calibration(args.calibration), noise=not args.no_noise,
                                      classifier=args.classifier, classifier_steps=args.classifier_steps,
                                      bootstrap=args.bootstrap, seed=args.seed, layout=args.layout, limit=args.limit,
-                                     protocol=args.protocol, log=lambda m: print(m, file=sys.stderr, flush=True))
+                                     protocol=args.protocol, clip=args.clip,
+                                     log=lambda m: print(m, file=sys.stderr, flush=True))
             return _write(report, args)
         metrics = [m.strip() for m in (args.metrics or "frechet,kad").split(",") if m.strip()]
         report = evaluate(args.generated, args.reference, metrics=metrics, embedding=args.embedding,
@@ -83,6 +84,7 @@ def add_parser(sub) -> None:
                    help="in-house classifier directory; trained on the reference's labels and saved there if absent")
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--clap", default="clap_corpus", help="CLAP name or directory (in-house or transformers)")
+    p.add_argument("--clip", default="clip_mnist", help="images: the in-house CLIP (name or directory) of --metrics clip")
     p.add_argument("--loudness", default="none", help="'none' or 'rms:DB': each clip to DB dBFS RMS before scoring")
     p.add_argument("--bootstrap", type=int, default=200, help="resamplings of the distribution metrics' intervals")
     p.add_argument("--seed", type=int, default=0)

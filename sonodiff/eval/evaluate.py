@@ -731,9 +731,9 @@ def _paired(pairs, which: list[str]) -> dict:
 
 # --- images ---------------------------------------------------------------------------------------------------
 
-IMAGE_METRICS = ("accuracy", "frechet", "kid", "psnr", "ssim")
+IMAGE_METRICS = ("accuracy", "frechet", "kid", "clip", "psnr", "ssim")
 IMAGE_METRIC_TITLES = {"accuracy": "accuracy", "frechet": "FID (in-house)", "kid": "KID x1000 (in-house)",
-                       "psnr": "PSNR (dB)", "ssim": "SSIM"}
+                       "clip": "CLIP score (in-house)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 
 
 @dataclass
@@ -786,13 +786,14 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
                     calibration: dict[str, str] | None = None, noise: bool = True,
                     classifier: str | Path | None = None, classifier_steps: int = 600, bootstrap: int = 200,
                     seed: int = 0, layout: str = "folder", limit: int = 0, protocol: str | Path | None = None,
-                    log=print) -> Report:
+                    clip: str | Path | None = None, log=print) -> Report:
     """Score a folder of generated images against real ones, with calibration rows (the image side of
     :func:`evaluate`; the same set specs, protocols and report).
 
     Metrics (:data:`IMAGE_METRICS`): ``accuracy`` (the in-house image classifier, :mod:`sonodiff.eval.images`, against
     each image's label), ``frechet`` (FID) and ``kid`` (KID, Binkowski et al. 2018) in that classifier's penultimate
-    embedding against the reference images, and the paired ``psnr`` / ``ssim`` (each image against the reference
+    embedding against the reference images, ``clip`` (CLIP score: the cosine of each image's and its caption's
+    embeddings in the in-house CLIP ``clip``, a name or directory), and the paired ``psnr`` / ``ssim`` (each image against the reference
     image of the same relative path: reconstructions, inpainting). Labelled in-house: comparable with each other,
     never with Inception FIDs. Rows: the evaluated set, every ``calibration`` set (e.g. real test images: "real vs
     real"), and uniform noise images as many as the evaluated set (what "no information" scores).
@@ -815,6 +816,17 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
     if gen.images.shape[1:] != ref.images.shape[1:]:
         raise ValueError(f"the evaluated images are {list(gen.images.shape[1:])} (CxHxW) and the reference's "
                          f"{list(ref.images.shape[1:])}: score images of one size")
+    clip_model = None
+    if "clip" in metrics:
+        if not gen.has("caption"):
+            raise ValueError(f"metric 'clip' needs a caption for every image, and images of {gen.spec!r} lack it")
+        if clip is None:
+            raise ValueError("the clip metric needs an in-house CLIP (--clip NAME|DIR, e.g. clip_mnist)")
+        from sonodiff.eval.clap import load_clap
+
+        clip_model = load_clap(clip)
+        if getattr(clip_model, "modality", "audio") != "image":
+            raise ValueError(f"--clip {clip}: a text-audio CLAP, not a text-image CLIP")
     if "accuracy" in metrics and not gen.has("label"):
         raise ValueError(f"metric 'accuracy' needs a 'label' for every image, and images of {gen.spec!r} lack it: give "
                          "it in the JSON sidecars (sonodiff generate --protocol writes it) or the folder's metadata")
@@ -857,6 +869,7 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
                 "preprocessing": f"uint8 images {'x'.join(map(str, ref.images.shape[1:]))} (CxHxW) as they are",
                 "bootstrap": bootstrap, "seed": seed, "classifier": str(classifier) if classifier else None,
                 "classifier_labels": list(clf.config.labels) if clf is not None else None,
+                "clip": getattr(clip_model, "name", None),
                 "protocol": {"name": proto["name"], "clips": len(proto["clips"])} if proto else None}
     rows = []
     for s, kind in sets:
@@ -878,6 +891,10 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
                                      f"{list(clf.config.labels)[:10]}")
                 hits = int((pred == torch.tensor([clf.config.labels.index(x) for x in labels])).sum())
                 m["accuracy"] = {"value": hits / len(s), "ci": list(proportion_ci(hits, len(s))), "n": len(s)}
+        if clip_model is not None and s.has("caption"):
+            from sonodiff.eval.clap import clip_score
+
+            m["clip"] = _mean_ci(clip_score(clip_model, s.images, s.values("caption")).tolist())
         paired = [p for p in ("psnr", "ssim") if p in metrics]
         if paired and s.spec != "noise":
             idx = [(i, ref_by_path[p]) for i, p in enumerate(s.paths) if p in ref_by_path]
@@ -897,6 +914,8 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
         rows.append(row)
         log(f"{s.name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
     notes.append("KID is x1000, its spread the std over random subsets (not a standard error); FID intervals are "
-                 "bootstrap resamplings of the scored set. CLIP score is not offered yet (no in-house CLIP).")
+                 "bootstrap resamplings of the scored set." + (f" CLIP score: cosine in {clip_model.name}'s space "
+                                                               "(the noise row keeps the evaluated captions)."
+                                                               if clip_model is not None else ""))
     settings["seconds"] = round(time.time() - t0, 1)
     return Report(settings, rows, notes, titles=IMAGE_METRIC_TITLES)

@@ -132,7 +132,6 @@ def _check_modality_flags(pipe, args) -> None:
                         ("--duration", getattr(args, "duration", None) is not None),
                         ("--stream", getattr(args, "stream", False)),
                         ("--vocoder", getattr(args, "vocoder", None) is not None),
-                        ("--best-of", getattr(args, "best_of", 1) != 1),
                         ("--clap-guidance", bool(getattr(args, "clap_guidance", 0.0)))):
         if given:
             raise ValueError(f"{flag} is for audio models; {args.model or 'this model'} is an image model "
@@ -225,18 +224,31 @@ def _generate(args) -> int:
             raise ValueError("--best-of and --clap-guidance do not apply to --stream")
         if any(p is None for p, _, _ in todo):
             raise ValueError("--best-of and --clap-guidance rank or guide by the text prompt: give one")
-        clap = load_clap(args.clap)
+        if pipe.modality == "image":  # image models are ranked by the in-house CLIP (--clip)
+            clap = load_clap(args.clip)
+            if getattr(clap, "modality", "audio") != "image":
+                raise ValueError(f"--clip {args.clip}: a text-audio CLAP; image models are ranked by a text-image CLIP")
+        else:
+            clap = load_clap(args.clap)
     if args.best_of < 1:
         raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
     extra = {"clap_guidance": (clap, args.clap_guidance)} if args.clap_guidance else {}
     if args.best_of > 1:
         for prompt, seed, path in todo:
             # candidates use seeds seed*best_of .. seed*best_of+best_of-1: each output's set is its own
-            gen = pipe.best_of([prompt], clap_scorer(clap), num_candidates=args.best_of, seed=seed * args.best_of,
-                               duration_s=args.duration, **_sampling_kwargs(args), **extra)
+            if pipe.modality == "image":
+                from sonodiff.eval.clap import clip_image_scorer
+
+                gen = pipe.best_of([prompt], clip_image_scorer(clap), num_candidates=args.best_of,
+                                   seed=seed * args.best_of, **_sampling_kwargs(args))
+                ranked = {"clip": args.clip}
+            else:
+                gen = pipe.best_of([prompt], clap_scorer(clap), num_candidates=args.best_of, seed=seed * args.best_of,
+                                   duration_s=args.duration, **_sampling_kwargs(args), **extra)
+                ranked = {"clap": args.clap, "duration_s": args.duration}
             _write_output(pipe, path, gen, 0,
-                   _provenance(pipe, args, prompt, gen.seeds[0], duration_s=args.duration, best_of=args.best_of,
-                               clap=args.clap, **({"clap_guidance": args.clap_guidance} if extra else {}),
+                   _provenance(pipe, args, prompt, gen.seeds[0], best_of=args.best_of,
+                               **ranked, **({"clap_guidance": args.clap_guidance} if extra else {}),
                                **({"label": prompt} if pipe.labels is not None else {}), **meta.get(path, {})),
                    args.spectrogram)
             print(f"wrote {path}")
@@ -482,6 +494,8 @@ def add_parser(sub) -> None:
     p.add_argument("--clap-guidance", type=float, default=0.0, metavar="SCALE",
                    help="also guide sampling by the gradient of the in-house CLAP similarity to the prompt")
     p.add_argument("--clap", default="clap_corpus", help="CLAP name or directory for --best-of / --clap-guidance")
+    p.add_argument("--clip", default="clip_mnist",
+                   help="image models: the in-house CLIP (name or directory) that --best-of ranks candidates with")
     p.add_argument("-n", type=int, default=1, help="outputs per prompt")
     p.add_argument("--duration", type=float, help="seconds (default: the model's training length; longer = long-form)")
     p.add_argument("--prompts", help="a text file of prompts, one per line (batch; resumable: finished files are skipped)")

@@ -214,3 +214,75 @@ def test_an_image_given_to_an_audio_model_is_a_clear_error(tmp_path, monkeypatch
     assert not (tmp_path / "v.wav").exists()
     assert main(["inpaint", "x.wav", "--mask", "m.png", "7", "--model", "fsdd_digits_mel"]) == 2
     assert "--mask is for image models" in capsys.readouterr().err
+
+
+# --- the in-house CLIP: task "contrastive" on images --------------------------------------------------------------
+CLIP_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "clip_mnist.toml"
+
+
+@pytest.fixture(scope="module")
+def image_clip(image_model):
+    d = image_model.parent
+    r = _cli("train", str(CLIP_RECIPE), "--out", "cliprun", "--set", "data.root=digits",
+             "--set", "data.bundled=sklearn_digits", "--set", "codec.options.height=8", "--set", "codec.options.width=8",
+             "--set", "train.steps=40", "--set", "train.batch_size=64", "--set", "train.threads=1",
+             "--set", "train.valid_every=40", "--set", "train.checkpoint_every=40", "--set", "train.progress=false",
+             "--set", "contrastive.model={width=16, embed_dim=32, text_hidden=64}", cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "text->image R@1" in r.stdout + r.stderr
+    r = _cli("export", "cliprun", "--out", "clip", cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d / "clip"
+
+
+def test_inhouse_clip_embeds_images_and_scores_captions(image_clip, image_model):
+    from sonodiff.eval.clap import clip_score, load_clap, retrieval_recall
+
+    clip = load_clap(image_clip)
+    assert clip.modality == "image"
+    imgs = torch.stack([_image(image_model, i) for i in range(12)])
+    e = clip.embed_images(imgs)
+    assert e.shape == (12, 32) and torch.allclose(e.norm(dim=-1), torch.ones(12), atol=1e-5)
+    assert torch.allclose(clip.embed_images(imgs[3:4]), e[3:4], atol=1e-5)  # batch invariant (eval-mode norms)
+    caps = ["a handwritten seven"] * 12
+    sc = clip_score(clip, imgs, caps)
+    assert sc.shape == (12,) and torch.allclose(sc, (e * clip.embed_text(caps)).sum(-1), atol=1e-5)
+    r = retrieval_recall(e, clip.embed_text([f"the digit {i % 10}" for i in range(12)]),
+                         [f"the digit {i % 10}" for i in range(12)])
+    assert 0 <= r["t2a_R@1"] <= r["t2a_R@10"] <= 1
+    with pytest.raises(ValueError, match="embeds images"):
+        clip.net.embed_pixels(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="text-audio CLAP"):
+        load_clap("clap_corpus").embed_images(imgs)
+
+
+def test_clip_conditioning_ranking_and_score_metric(image_clip, image_model, tmp_path):
+    from sonodiff.conditioning.registry import from_config
+
+    cond = from_config({"type": "clap_inhouse", "path": str(image_clip)})
+    c = cond(cond.tokenize(["a handwritten seven", "the digit 3"]))
+    assert c.pooled.shape == (2, 32)  # a diffusion model can be conditioned on the CLIP's text embeddings
+    m = str(image_model)
+    r = _cli("generate", "a handwritten seven", "--model", m, "--best-of", "3", "--clip", str(image_clip),
+             "--out", "best.png", "--steps", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "best.json").read_text())
+    assert side["best_of"] == 3 and side["seed"] in (0, 1, 2) and "duration_s" not in side
+    from sonodiff.eval.evaluate import evaluate_images
+
+    gen = tmp_path / "g"
+    r = _cli("generate", "--prompts", str(_prompts(tmp_path)), "--model", m, "--out-dir", str(gen), "--steps", "2",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = evaluate_images(str(gen), str(image_model.parent / "digits"), metrics=("clip",), clip=image_clip,
+                          log=lambda x: None)
+    rows = {x["row"]: x["metrics"] for x in rep.rows}
+    assert -1 <= rows["g"]["clip"]["value"] <= 1 and "clip" in rows["calibration: uniform noise"]
+    with pytest.raises(ValueError, match="a text-audio CLAP, not a text-image CLIP"):
+        evaluate_images(str(gen), str(image_model.parent / "digits"), metrics=("clip",), clip="clap_corpus")
+
+
+def _prompts(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a handwritten seven\nthe digit 3\n")
+    return p

@@ -28,14 +28,27 @@ from sonodiff.training.task import Task
 
 __all__ = ["ContrastiveTask", "clap_config_of"]
 
+SHIFT = 2  # images: training examples are translated by up to this many pixels
+
 
 def clap_config_of(cfg):
-    """The :class:`~sonodiff.eval.clap.ClapConfig` of a contrastive recipe (mel settings from codec.options)."""
+    """The :class:`~sonodiff.eval.clap.ClapConfig` of a contrastive recipe (mel settings from codec.options; an
+    ``image`` codec gives the in-house CLIP, its channels and size from codec.options)."""
     from sonodiff.audio.codecs import make_codec
     from sonodiff.eval.clap import ClapConfig
 
+    if cfg.codec.name == "image":
+        c = make_codec("image", **cfg.codec.options)
+        if c.size is None:
+            raise ValueError("task 'contrastive' on images needs codec.options height and width")
+        fixed = sorted({"modality", "channels", "image_height", "image_width"} & set(cfg.contrastive.model))
+        if fixed:
+            raise ValueError(f"contrastive.model sets {fixed}: the CLIP's image settings come from codec.options")
+        return ClapConfig.from_dict({"modality": "image", "channels": c.channels, "image_height": c.size[0],
+                                     "image_width": c.size[1], **cfg.contrastive.model})
     if cfg.codec.name != "mel":
-        raise ValueError(f"task 'contrastive' embeds log-mels: codec.name must be 'mel', got {cfg.codec.name!r}")
+        raise ValueError(f"task 'contrastive' embeds log-mels (codec 'mel') or images (codec 'image'), got "
+                         f"codec.name={cfg.codec.name!r}")
     c = make_codec("mel", **cfg.codec.options).config
     mel_fields = {"sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor"}
     fixed = sorted(mel_fields & set(cfg.contrastive.model))
@@ -50,14 +63,21 @@ class ContrastiveTask(Task):
     resume_fixed = ("data", "codec", "contrastive")
     resume_free = {"data": ("root", "cache_dir", "prepare_workers"), "contrastive": ("retrieval_pool",)}
 
+    def prepare(self) -> None:
+        if self.rank == 0 and self.cfg.data.bundled:
+            from sonodiff.data.bundled import build_bundled
+
+            build_bundled(self.cfg.data.bundled, self.cfg.data.root, log=self.log)  # no-op once built
+
     def setup(self) -> None:
         from sonodiff.eval.clap import ClapNet
 
         cfg = self.cfg
         self.clap_cfg = clap_config_of(cfg)
+        self.image = self.clap_cfg.modality == "image"
         self.model = ClapNet(self.clap_cfg).to(self.device)
         self.frames = max(8, int(round(cfg.data.seconds * self.clap_cfg.sample_rate / self.clap_cfg.hop_length)))
-        self.floor = math.log(self.clap_cfg.log_floor)
+        self.floor = math.log(self.clap_cfg.log_floor) if not self.image else -1.0  # images: no floor (all pixels)
         self.mels, texts = self._load(cfg.data.split)
         if not self.mels:
             raise ValueError(f"no readable audio with a {cfg.contrastive.text_field!r} in split {cfg.data.split!r} of "
@@ -69,9 +89,9 @@ class ContrastiveTask(Task):
         self.valid_ids = torch.tensor([self.text_index[t] for t in valid_texts], dtype=torch.long)
         self.texts, self.valid_texts = texts, valid_texts
         self.text_feats = self._encode_texts(vocab).to(self.device)
-        # log-mel normalisation over the training clips' frames above the silence floor
+        # log-mel normalisation over the training clips' frames above the silence floor (images: every pixel)
         allm = torch.cat([m.reshape(-1) for m in self.mels])
-        voiced = allm[allm > self.floor + 1.0]
+        voiced = allm[allm > self.floor + 1.0] if not self.image else allm
         voiced = voiced if voiced.numel() else allm
         self.model.feat_mean.fill_(float(voiced.mean()))
         self.model.feat_std.fill_(float(voiced.std().clamp_min(1e-3)))
@@ -84,14 +104,32 @@ class ContrastiveTask(Task):
         from sonodiff.data.layouts import scan
 
         root, field = Path(self.cfg.data.root), self.cfg.contrastive.text_field
-        items = sorted((it for it in scan(root, self.cfg.data.layout).items if it.split == split), key=lambda it: it.key)
+        opts = {}
+        if self.image:
+            from sonodiff.audio.image_io import IMAGE_EXTENSIONS
+
+            opts = {"extensions": IMAGE_EXTENSIONS}
+        items = sorted((it for it in scan(root, self.cfg.data.layout, **opts).items if it.split == split),
+                       key=lambda it: it.key)
         items = [it for it in items if (getattr(it, field) or "").strip()]
         if self.cfg.data.max_items:
             items = items[: self.cfg.data.max_items]
         mel_cfg = self.clap_cfg.mel_config()
-        fb = mel_filterbank(mel_cfg)
+        fb = mel_filterbank(mel_cfg) if not self.image else None
         mels, texts, bad = [], [], 0
+        c = self.clap_cfg
         for it in items:
+            if self.image:  # the tower's input is the pixels themselves, kept as float 0..255
+                from sonodiff.audio.image_io import ImageFileError, read_image
+
+                try:
+                    mels.append(read_image(root / it.path, c.channels, (c.image_height, c.image_width)).float())
+                except ImageFileError as e:
+                    bad += 1
+                    self.log(f"skipping {root / it.path}: {e}")
+                    continue
+                texts.append(getattr(it, field).strip())
+                continue
             try:
                 a = load_audio(root / it.path, sample_rate=mel_cfg.sample_rate, channels="mono")[0][0]
             except Exception as e:  # noqa: BLE001 - an unreadable file is reported and skipped, as the cache does
@@ -124,12 +162,25 @@ class ContrastiveTask(Task):
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.image:
+            c = self.clap_cfg
+            return (f"{len(self.mels)} training images with {len(set(self.texts))} distinct texts "
+                    f"({self.cfg.contrastive.text_field}), {len(self.valid_mels)} validation images of {c.channels}x"
+                    f"{c.image_height}x{c.image_width}, translated by up to {SHIFT} px; CLIP {n / 1e6:.2f} M trainable "
+                    f"parameters (text encoder frozen)")
         return (f"{len(self.mels)} training clips with {len(set(self.texts))} distinct texts "
                 f"({self.cfg.contrastive.text_field}), {len(self.valid_mels)} validation clips; crops of {self.frames} "
                 f"mel frames; CLAP {n / 1e6:.2f} M trainable parameters (text encoder frozen)")
 
     # --- a step -------------------------------------------------------------------------------
     def _crop(self, mel: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        if self.image:  # images: a random translation of up to SHIFT px (edges replicated); none for validation
+            if g is None:
+                return mel
+            dy, dx = (int(v) for v in torch.randint(-SHIFT, SHIFT + 1, (2,), generator=g))
+            p = torch.nn.functional.pad(mel[None], (SHIFT, SHIFT, SHIFT, SHIFT), mode="replicate")[0]
+            H, W = mel.shape[-2:]
+            return p[:, SHIFT + dy:SHIFT + dy + H, SHIFT + dx:SHIFT + dx + W]
         n, T = self.frames, mel.shape[-1]
         if T <= n:
             return torch.nn.functional.pad(mel, (0, n - T), value=self.floor)
@@ -138,7 +189,7 @@ class ContrastiveTask(Task):
 
     def batch(self, positions: range):
         crops, ids = [], []
-        gain = self.cfg.contrastive.gain_db * math.log(10.0) / 20.0
+        gain = self.cfg.contrastive.gain_db * math.log(10.0) / 20.0 if not self.image else 0.0
         for p in positions:
             g = example_generator(self.cfg.train.seed, p)
             i = self.order(p)
@@ -179,19 +230,20 @@ class ContrastiveTask(Task):
         for i in range(0, len(self.valid_mels) - bs + 1, bs):  # whole batches only: the loss depends on B
             mel = torch.stack([self._crop(m, None) for m in self.valid_mels[i:i + bs]]).to(self.device)
             ids = self.valid_ids[i:i + bs].to(self.device)
-            a = ema_module.embed_mel(mel)
+            a = ema_module.embed_input(mel)
             t = ema_module.embed_text_features(self.text_feats[ids])
             total += float(contrastive_loss(a, t, ids, ema_module.scale())[0].sum())
             n += len(ids)
         pool = self.cfg.contrastive.retrieval_pool
         if pool:
             mels, texts = self.valid_mels[:pool], self.valid_texts[:pool]
-            a = torch.cat([ema_module.embed_mel(m[None].to(self.device)) for m in mels])
+            a = torch.cat([ema_module.embed_input(m[None].to(self.device)) for m in mels])
             t = ema_module.embed_text_features(self.text_feats[self.valid_ids[:pool].to(self.device)])
             r = retrieval_recall(a.cpu(), t.cpu(), texts)
-            self.log(f"validation retrieval on {r['pool']} clips / {r['distinct_captions']} texts: text->audio "
+            what = "image" if self.image else "audio"
+            self.log(f"validation retrieval on {r['pool']} {what}s / {r['distinct_captions']} texts: text->{what} "
                      f"R@1 {r['t2a_R@1']:.3f} R@5 {r['t2a_R@5']:.3f} R@10 {r['t2a_R@10']:.3f} (chance "
-                     f"{r['t2a_R@10_chance']:.3f}); audio->text R@1 {r['a2t_R@1']:.3f} R@10 {r['a2t_R@10']:.3f}")
+                     f"{r['t2a_R@10_chance']:.3f}); {what}->text R@1 {r['a2t_R@1']:.3f} R@10 {r['a2t_R@10']:.3f}")
         return total / n if n else None
 
 
@@ -203,4 +255,4 @@ class _AudioTower(torch.nn.Module):
         self.net = net
 
     def forward(self, mel):
-        return self.net.embed_mel(mel)
+        return self.net.embed_input(mel)

@@ -90,8 +90,8 @@ def inpainting(args, out: Path) -> dict:
     grid_path = out / "inpaint_examples.png"
     from sonodiff.audio.image_io import image_grid, save_png
 
-    k = min(16, len(done))
-    save_png(grid_path, image_grid(torch.cat([test.images[:k], half[:k], done[:k]]), columns=k))
+    sel = np.unique(np.linspace(0, len(done) - 1, min(16, len(done))).round().astype(int))  # across the digits
+    save_png(grid_path, image_grid(torch.cat([test.images[sel], half[sel], done[sel]]), columns=len(sel)))
     return {"n": len(done), "mask": f"right half ({W - W // 2} of {W} columns)", "psnr_known_half_min": float(np.min(p_known.values)),
             "known_half_identical": bool(np.isinf(p_known.values).all()), "accuracy": acc,
             "seconds": round(secs, 1), "examples": grid_path.name}
@@ -113,6 +113,27 @@ def attributes(args, out: Path) -> dict:
                      float(np.mean(r)) if r else None, "real_captioned_n": len(r)}
     res["all_real_mean"] = float(np.mean([x["thickness"] for x in real]))
     return res
+
+
+def clip_section(args, out: Path) -> dict:
+    """The in-house CLIP on the held-out test digits: text->image / image->text recall@1/5/10 by caption, zero-shot
+    digit accuracy ("the digit D" for D = 0..9), and the CLIP score of the generated, real and noise sets."""
+    from sonodiff.eval import load_clap
+    from sonodiff.eval.clap import retrieval_recall, zero_shot_accuracy
+    from sonodiff.eval.evaluate import load_image_set
+
+    clip = load_clap(args.clip)
+    test = load_image_set(f"{args.data}@split=test")
+    emb = clip.embed_images(test.images)
+    caps = test.values("caption")
+    r = retrieval_recall(emb, clip.embed_text(caps), caps)
+    zs = zero_shot_accuracy(emb, clip.embed_text([f"the digit {d}" for d in range(10)]),
+                            [int(v) for v in test.values("label")])
+    _run(["evaluate", str(out / "gen"), "--reference", f"{args.data}@split=train", "--calibration",
+          f"real test={args.data}@split=test", "--metrics", "clip", "--clip", str(args.clip), "--json",
+          str(out / "eval_clip.json")])
+    return {"retrieval_test": r, "zero_shot_digit_accuracy": zs, "n_test": len(test),
+            "score": json.loads((out / "eval_clip.json").read_text())}
 
 
 def markdown(r: dict) -> str:
@@ -137,6 +158,17 @@ def markdown(r: dict) -> str:
               *[f"| a {w} D | {a[w]['generated_mean']:.2f} ({a[w]['generated_n']}) | "
                 f"{a[w]['real_captioned_mean']:.2f} ({a[w]['real_captioned_n']}) |" for w in ("thick", "thin")],
               f"| all real images | | {a['all_real_mean']:.2f} |", ""]
+    if "clip" in r:
+        c, t = r["clip"], r["clip"]["retrieval_test"]
+        lines += ["## The in-house CLIP on the held-out test digits", "",
+                  f"{c['n_test']} test images, {t['distinct_captions']} distinct captions; zero-shot digit accuracy "
+                  f"(\"the digit D\"): {c['zero_shot_digit_accuracy']:.3f} (chance 0.100).", "",
+                  "| direction | R@1 | R@5 | R@10 | R@10 by chance |", "|---|---|---|---|---|",
+                  f"| text -> image | {t['t2a_R@1']:.3f} | {t['t2a_R@5']:.3f} | {t['t2a_R@10']:.3f} | "
+                  f"{t['t2a_R@10_chance']:.3f} |",
+                  f"| image -> text | {t['a2t_R@1']:.3f} | {t['a2t_R@5']:.3f} | {t['a2t_R@10']:.3f} | - |", "",
+                  Report(**{k: c["score"][k] for k in ("settings", "rows", "notes")},
+                         titles=IMAGE_METRIC_TITLES).to_markdown().split("\n", 2)[2], ""]
     return "\n".join(lines)
 
 
@@ -148,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inpaint-n", type=int, default=500)
     ap.add_argument("--attr-n", type=int, default=20)
+    ap.add_argument("--clip", default="clip_mnist", help="the in-house CLIP for retrieval and the CLIP score ('' = skip)")
+    ap.add_argument("--only", choices=["clip"], help="run only this section (the others' results are kept)")
     args = ap.parse_args(argv)
     from sonodiff.data.bundled import build_bundled
 
@@ -155,9 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     build_bundled("mnist", args.data, log=print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    r = {"model": args.model, "data": args.data, "t2i": text_to_image(args, out)}
-    r["inpaint"] = inpainting(args, out)
-    r["attributes"] = attributes(args, out)
+    if args.only == "clip":
+        r = json.loads((out / "bench_mnist.json").read_text())
+    else:
+        r = {"model": args.model, "data": args.data, "t2i": text_to_image(args, out)}
+        r["inpaint"] = inpainting(args, out)
+        r["attributes"] = attributes(args, out)
+    if args.clip:
+        r["clip"] = clip_section(args, out)
     md = markdown(r)
     print(md)
     from sonodiff.utils.atomic import atomic_write_json, atomic_write_text

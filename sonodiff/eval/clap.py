@@ -248,6 +248,12 @@ def save_clap_dir(out: str | Path, *, config: ClapConfig, state: dict, source: d
             "clap": config.to_dict(), "text_encoder": {"type": "sentence", "path": None},
             "weights_sha256_16": weights_hash(out / "model.safetensors"), "source": source}
     atomic_write_json(out / "config.json", body, indent=1)
+    if card is None and config.modality == "image":
+        card = (f"# {source.get('name', 'clip')}\n\nIn-house contrastive text-image model (CLIP; sonodiff "
+                f"`task = \"contrastive\"`): CNN image tower on {config.channels}x{config.image_height}x"
+                f"{config.image_width} pixels, frozen all-MiniLM-L6-v2 text tower with a trained projection, "
+                f"{config.embed_dim}-d space.\n\nTrained: step {source.get('step')}, {source.get('samples')} "
+                "examples.\n")
     if card is None:
         card = (f"# {source.get('name', 'clap')}\n\nIn-house contrastive text-audio model (sonodiff "
                 f"`task = \"contrastive\"`): CNN audio tower on {config.n_mels}-bin log-mels at {config.sample_rate} "

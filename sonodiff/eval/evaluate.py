@@ -913,9 +913,11 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
                     notes.append(f"{s.name}: {len(s) - len(idx)} images have no reference namesake (not paired)")
         rows.append(row)
         log(f"{s.name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
-    notes.append("KID is x1000, its spread the std over random subsets (not a standard error); FID intervals are "
-                 "bootstrap resamplings of the scored set." + (f" CLIP score: cosine in {clip_model.name}'s space "
-                                                               "(the noise row keeps the evaluated captions)."
-                                                               if clip_model is not None else ""))
+    if "frechet" in metrics or "kid" in metrics:
+        notes.append("KID is x1000, its spread the std over random subsets (not a standard error); FID intervals "
+                     "are bootstrap resamplings of the scored set.")
+    if clip_model is not None:
+        notes.append(f"CLIP score: cosine of image and caption in {clip_model.name}'s space (the noise row keeps the "
+                     "evaluated captions).")
     settings["seconds"] = round(time.time() - t0, 1)
     return Report(settings, rows, notes, titles=IMAGE_METRIC_TITLES)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sonodiff.models.diffusion import frames_for_seconds
+from sonodiff.models.diffusion import example_shape, frames_for_seconds
 from sonodiff.training.build import build_model
 from sonodiff.training.config import load_config
 
@@ -38,10 +38,19 @@ def test_recipe_builds(path):
         Discriminators(from_dict(DiscriminatorConfig, {"sample_rate": mel.sample_rate, **cfg.vocoder.discriminator}))
         assert gen.config.mel_config() == mel and 1e5 < gen.num_parameters() <= 5e6
         return
+    if cfg.task == "contrastive":  # the CLAP / CLIP the recipe trains, for its codec's input
+        from sonodiff.eval.clap import ClapNet
+        from sonodiff.training.tasks.contrastive import clap_config_of
+
+        net = ClapNet(clap_config_of(cfg))
+        x = (torch.zeros(2, net.config.channels, net.config.image_height, net.config.image_width)
+             if net.config.modality == "image" else torch.zeros(2, net.config.n_mels, 64))
+        assert net.embed_input(x).shape == (2, net.config.embed_dim)
+        return
     codec = make_codec(cfg.codec.name, **cfg.codec.options)
-    frames = frames_for_seconds(codec, cfg.data.seconds)
-    with torch.no_grad():
-        shape = tuple(codec.analyze(torch.zeros(1, codec.channels, codec.sample_rate // 10)).shape[1:-1]) + (frames,)
+    shape = example_shape(codec, cfg.data.seconds)
+    if codec.modality == "audio":
+        assert shape[-1] == frames_for_seconds(codec, cfg.data.seconds)
     labels = [str(d) for d in range(10)] if cfg.conditioning.type == "class_label" else None
     model, spec = build_model(cfg, shape, labels)
     assert spec["network_config"]["in_channels"] == shape[0]

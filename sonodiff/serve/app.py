@@ -42,7 +42,7 @@ class ServiceConfig:
 
 
 def load_pipelines(models: list[str] | None, device: str = "cpu") -> dict:
-    """``name -> Pipeline`` for the given shipped names or directories (default: every shipped diffusion model).
+    """``name -> Pipeline`` for the given shipped names or directories (default: every shipped audio diffusion model).
     A directory is served under its folder name.
 
     Loading runs on a short-lived thread so that the main thread (the server's event loop) never starts an
@@ -58,7 +58,8 @@ def _load_pipelines(models, device) -> dict:
     from sonodiff.models import list_models
     from sonodiff.pipelines import Pipeline
 
-    names = models or list(list_models())
+    # the service streams audio: by default every shipped audio model; an image model is refused by name
+    names = models or [n for n, m in list_models().items() if m.get("modality", "audio") == "audio"]
     if not names:
         raise FileNotFoundError("no models to serve: pass --model NAME|DIR")
     out = {}
@@ -66,7 +67,11 @@ def _load_pipelines(models, device) -> dict:
         key = Path(m).name if Path(m).is_dir() else str(m)
         if key in out:
             raise ValueError(f"two models would be served as {key!r}: rename one directory")
-        out[key] = Pipeline.from_pretrained(m, device=device)
+        pipe = Pipeline.from_pretrained(m, device=device)
+        if pipe.modality != "audio":
+            raise ValueError(f"{m} is an {pipe.modality} model; sonodiff serve and demo serve audio models (generate "
+                             f"images with `sonodiff generate PROMPT --model {m} --out x.png`)")
+        out[key] = pipe
     return out
 
 

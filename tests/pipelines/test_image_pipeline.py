@@ -286,3 +286,10 @@ def _prompts(tmp_path):
     p = tmp_path / "prompts.txt"
     p.write_text("a handwritten seven\nthe digit 3\n")
     return p
+
+
+def test_the_audio_service_refuses_an_image_model_by_name(image_model):
+    from sonodiff.serve.app import load_pipelines
+
+    with pytest.raises(ValueError, match="is an image model; sonodiff serve and demo serve audio models"):
+        load_pipelines([str(image_model)])

@@ -69,7 +69,7 @@ def test_clap_resume_is_exact(tones_dir, tmp_path):
 
 
 def test_clap_recipes_that_cannot_train_are_clear_errors(tones_dir, tmp_path):
-    with pytest.raises(ValueError, match="codec.name must be 'mel'"):
+    with pytest.raises(ValueError, match=r"embeds log-mels \(codec 'mel'\) or images \(codec 'image'\), got codec.name='waveform'"):
         train(_cfg(tones_dir, extra=["codec.name=waveform", "codec.options={sample_rate = 8000}"]), tmp_path / "a",
               log=QUIET)
     with pytest.raises(ValueError, match="contrastive.model sets \\['sample_rate'\\]"):

@@ -80,7 +80,8 @@ class ContrastiveTask(Task):
         self.floor = math.log(self.clap_cfg.log_floor) if not self.image else -1.0  # images: no floor (all pixels)
         self.mels, texts = self._load(cfg.data.split)
         if not self.mels:
-            raise ValueError(f"no readable audio with a {cfg.contrastive.text_field!r} in split {cfg.data.split!r} of "
+            raise ValueError(f"no readable {'image' if self.image else 'audio'} with a {cfg.contrastive.text_field!r} in split "
+                             f"{cfg.data.split!r} of "
                              f"{cfg.data.root} (layout {cfg.data.layout!r})")
         self.valid_mels, valid_texts = self._load(cfg.data.valid_split) if cfg.data.valid_split else ([], [])
         vocab = sorted(set(texts) | set(valid_texts))

@@ -33,7 +33,19 @@ class ClassifierConfig:
     embed_dim: int = 128
 
 
-class AudioClassifier(nn.Module):
+class EmbeddingClassifier(nn.Module):
+    """The shared head of the in-house classifiers: ``features(x)`` (a subclass's input scaling) -> ``body`` (a 2-D
+    CNN) -> global mean -> ``proj`` + ReLU (the embedding of Frechet distances) -> ``head`` (logits)."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        h = self.body(self.features(x))
+        return torch.relu(self.proj(h.mean(dim=(2, 3))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+
+class AudioClassifier(EmbeddingClassifier):
     """audio ``[B, T]`` or ``[B, 1, T]`` at ``config.sample_rate`` -> logits ``[B, K]`` (``embed`` gives ``[B, E]``)."""
 
     def __init__(self, config: ClassifierConfig) -> None:
@@ -65,12 +77,6 @@ class AudioClassifier(nn.Module):
         f = log_mel(a[:, None], self.mel, self.fb.to(a.device))  # [B, 1, n_mels, frames]
         return (f - self.mean) / self.std
 
-    def embed(self, audio: Tensor) -> Tensor:
-        h = self.body(self.features(audio))
-        return torch.relu(self.proj(h.mean(dim=(2, 3))))
-
-    def forward(self, audio: Tensor) -> Tensor:
-        return self.head(self.embed(audio))
 
 
 def train_classifier(audio: Tensor, labels: list[str], config: ClassifierConfig, *, steps: int = 600,

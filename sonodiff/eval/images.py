@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sonodiff.eval.classifier import frechet_distance
+from sonodiff.eval.classifier import EmbeddingClassifier, frechet_distance
 
 __all__ = ["ImageClassifierConfig", "ImageClassifier", "train_image_classifier", "save_image_classifier",
            "load_image_classifier", "embed_images", "PerImage", "psnr", "ssim", "frechet_distance", "kid",
@@ -83,7 +83,7 @@ class ImageClassifierConfig:
                 raise ValueError(f"{name}: must be a positive int, got {v!r}")
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(EmbeddingClassifier):
     """images ``[B, C, H, W]`` (uint8 0..255, or float in [0, 1]) -> logits ``[B, K]``; ``embed`` gives ``[B, E]``.
 
     Three blocks of (3x3 conv, BatchNorm, SiLU) x 2, each followed by a 2x2 max-pool while both sides are still at
@@ -130,13 +130,6 @@ class ImageClassifier(nn.Module):
         x = x.to(self.mean.device)
         return (x - self.mean) / self.std
 
-    def embed(self, images: Tensor) -> Tensor:
-        """The penultimate layer ``[B, E]`` (FID/KID embeddings)."""
-        h = self.body(self.features(images))
-        return torch.relu(self.proj(h.mean(dim=(2, 3))))
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.embed(images))
 
 
 def _label_indices(labels, config: ImageClassifierConfig, n: int) -> Tensor:

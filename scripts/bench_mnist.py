@@ -63,7 +63,7 @@ def text_to_image(args, out: Path) -> dict:
 def inpainting(args, out: Path) -> dict:
     from sonodiff.data.bundled import DIGIT_WORDS
     from sonodiff.eval.evaluate import load_image_set
-    from sonodiff.eval.images import _embed_and_predict, load_image_classifier, psnr
+    from sonodiff.eval.images import embed_and_predict, load_image_classifier, psnr
     from sonodiff.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model)
@@ -84,7 +84,7 @@ def inpainting(args, out: Path) -> dict:
     half[..., W // 2:] = 0
     known = ~mask
     p_known = psnr(test.images, done, mask=known)
-    acc = {name: float((_embed_and_predict(clf, x)[1] == labels).double().mean())
+    acc = {name: float((embed_and_predict(clf, x)[1] == labels).double().mean())
            for name, x in (("inpainted", done), ("known half only (masked half black)", half),
                            ("real (unmasked)", test.images))}
     grid_path = out / "inpaint_examples.png"

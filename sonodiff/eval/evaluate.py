@@ -876,7 +876,7 @@ def evaluate_images(generated: str | ImageSet, reference: str | ImageSet, metric
         row = {"row": s.name, "kind": kind, "spec": s.spec, "n": len(s), "metrics": {}}
         m = row["metrics"]
         if clf is not None:
-            e, pred = im._embed_and_predict(clf, s.images)
+            e, pred = im.embed_and_predict(clf, s.images)
             if len(e) >= 2 and "frechet" in metrics:
                 m["frechet"] = {"value": frechet_distance(e, ref_emb),
                                 "ci": list(boot(frechet_distance, e, ref_emb, bootstrap, seed)) if bootstrap else None}

@@ -50,10 +50,11 @@ import torch
 from torch import Tensor, nn
 
 from sonodiff.eval.classifier import EmbeddingClassifier, frechet_distance
+from sonodiff.eval.metrics import mmd2_unbiased
 
 __all__ = ["ImageClassifierConfig", "ImageClassifier", "train_image_classifier", "save_image_classifier",
-           "load_image_classifier", "embed_images", "PerImage", "psnr", "ssim", "frechet_distance", "kid",
-           "evaluate_images", "calibration_rows", "rows_markdown"]
+           "load_image_classifier", "embed_images", "embed_and_predict", "PerImage", "psnr", "ssim",
+           "frechet_distance", "kid"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -234,11 +235,13 @@ def load_image_classifier(dir: str | Path, device: str | torch.device = "cpu") -
 @torch.no_grad()
 def embed_images(clf: ImageClassifier, images: Tensor, batch_size: int = 256) -> Tensor:
     """Embeddings ``[N, E]`` of ``images`` (float32, CPU), in batches, the classifier in eval mode."""
-    return _embed_and_predict(clf, images, batch_size)[0]
+    return embed_and_predict(clf, images, batch_size)[0]
 
 
 @torch.no_grad()
-def _embed_and_predict(clf: ImageClassifier, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+def embed_and_predict(clf: ImageClassifier, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """(embeddings ``[N, E]``, predicted class indices ``[N]``) of ``images``, in batches, in eval mode: the scoring
+    of ``sonodiff evaluate`` on images (:func:`sonodiff.eval.evaluate.evaluate_images`)."""
     if len(images) == 0:
         raise ValueError("images: got an empty set")
     was = clf.training
@@ -341,13 +344,6 @@ def ssim(ref, test, data_range: float = 255, win_size: int | None = None) -> Per
 
 # --- distribution metrics ------------------------------------------------------------------------------------
 
-def _mmd2_unbiased(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> float:
-    m, n = len(kxx), len(kyy)
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-    return float(xx + yy - 2 * kxy.mean())
-
-
 def kid(a: Tensor, b: Tensor, degree: int = 3, subsets: int = 100, subset_size: int | None = None,
         seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance of embeddings ``a [M, E]`` and ``b [N, E]``: (mean, std) over ``subsets`` subsets
@@ -375,51 +371,6 @@ def kid(a: Tensor, b: Tensor, degree: int = 3, subsets: int = 100, subset_size: 
     for _ in range(subsets):
         x = a[torch.randperm(m, generator=g)[:size]]
         y = b[torch.randperm(n, generator=g)[:size]]
-        vals.append(_mmd2_unbiased(k(x, x), k(y, y), k(x, y)))
+        vals.append(mmd2_unbiased(k(x, x), k(y, y), k(x, y)))
     v = np.asarray(vals)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def evaluate_images(clf: ImageClassifier, images: Tensor, labels: list[str] | None, reference_embeddings: Tensor, *,
-                    batch_size: int = 256, kid_subsets: int = 100, kid_subset_size: int | None = None,
-                    seed: int = 0) -> dict:
-    """``{"n", "accuracy" (None without labels), "fid", "kid", "kid_std"}`` of ``images`` (uint8 ``[N, C, H, W]``)
-    against ``reference_embeddings`` (:func:`embed_images` of real images)."""
-    emb, pred = _embed_and_predict(clf, images, batch_size)
-    ref = torch.as_tensor(reference_embeddings).float().cpu()
-    if ref.ndim != 2 or ref.shape[1] != emb.shape[1]:
-        raise ValueError(f"reference_embeddings: expected [N, {emb.shape[1]}] (embed_images of real images), got "
-                         f"{list(ref.shape)}")
-    k, k_std = kid(emb, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
-    acc = None
-    if labels is not None:
-        acc = (pred == _label_indices(labels, clf.config, len(images))).double().mean().item()
-    return {"n": len(images), "accuracy": acc, "fid": frechet_distance(emb, ref), "kid": k, "kid_std": k_std}
-
-
-def calibration_rows(clf: ImageClassifier, real_train: Tensor, real_test: Tensor, labels_test: list[str],
-                     seed: int = 0) -> list[dict]:
-    """The two reference rows a generated set is read against: "real test vs real train" (the floor: the accuracy
-    of real held-out images, their FID/KID to the training images) and "uniform noise" (uniform uint8 noise of the
-    test set's shape against the training images: a ceiling). Rows ``{"rows": name, "n", "accuracy", "fid", "kid",
-    "kid_std"}``."""
-    ref = embed_images(clf, real_train)
-    rows = [{"rows": "real test vs real train", **evaluate_images(clf, real_test, labels_test, ref, seed=seed)}]
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randint(0, 256, tuple(real_test.shape), generator=g, dtype=torch.uint8)
-    rows.append({"rows": "uniform noise", **evaluate_images(clf, noise, None, ref, seed=seed)})
-    return rows
-
-
-def rows_markdown(rows: list[dict]) -> str:
-    """Rows (:func:`calibration_rows`, or ``{"rows": name, **evaluate_images(...)}``) as a Markdown table: accuracy
-    with its binomial standard error, FID, KID (mean ± std over subsets)."""
-    out = ["| rows | n | class accuracy | FID (in-house) | KID (in-house) |", "|---|---|---|---|---|"]
-    for r in rows:
-        acc = r.get("accuracy")
-        if acc is None:
-            a = "-"
-        else:
-            a = f"{acc:.3f} ± {math.sqrt(max(acc * (1 - acc), 1e-12) / r['n']):.3f}"
-        out.append(f"| {r['rows']} | {r['n']} | {a} | {r['fid']:.2f} | {r['kid']:.4f} ± {r.get('kid_std', 0.0):.4f} |")
-    return "\n".join(out)

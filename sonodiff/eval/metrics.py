@@ -27,7 +27,7 @@ from torch import Tensor
 from sonodiff.eval.classifier import frechet_distance
 
 __all__ = ["frechet_distance", "kad", "median_bandwidth", "bootstrap", "proportion_ci", "si_sdr", "mel_distance", "pesq_score",
-           "stoi_score", "KAD_SCALE"]
+           "stoi_score", "KAD_SCALE", "mmd2_unbiased"]
 
 KAD_SCALE = 1000.0
 
@@ -39,6 +39,15 @@ def median_bandwidth(a: Tensor, b: Tensor) -> float:
     iu = torch.triu_indices(len(x), len(x), offset=1)
     m = float(d[iu[0], iu[1]].median())
     return m if m > 0 else 1.0
+
+
+def mmd2_unbiased(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> float:
+    """The unbiased MMD^2 estimate from kernel matrices ``k(x, x) [M, M]``, ``k(y, y) [N, N]`` and ``k(x, y) [M, N]``
+    (Gretton et al. 2012): the within-set means leave the diagonal out. KAD (RBF kernel) and KID (polynomial) use it."""
+    m, n = len(kxx), len(kyy)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * kxy.mean())
 
 
 def kad(a: Tensor, b: Tensor, bandwidth: float | None = None, scale: float = KAD_SCALE) -> float:
@@ -55,12 +64,8 @@ def kad(a: Tensor, b: Tensor, bandwidth: float | None = None, scale: float = KAD
     if not s > 0:
         raise ValueError(f"KAD bandwidth must be > 0, got {s}")
     g = -0.5 / (s * s)
-    kaa = torch.exp(g * torch.cdist(a, a).pow(2))
-    kbb = torch.exp(g * torch.cdist(b, b).pow(2))
-    kab = torch.exp(g * torch.cdist(a, b).pow(2))
-    xx = (kaa.sum() - kaa.diagonal().sum()) / (m * (m - 1))
-    yy = (kbb.sum() - kbb.diagonal().sum()) / (n * (n - 1))
-    return float(scale * (xx + yy - 2 * kab.mean()))
+    k = lambda u, v: torch.exp(g * torch.cdist(u, v).pow(2))  # noqa: E731
+    return scale * mmd2_unbiased(k(a, a), k(b, b), k(a, b))
 
 
 def bootstrap(fn: Callable[[Tensor, Tensor], float], a: Tensor, b: Tensor, n: int = 200, seed: int = 0,

@@ -18,6 +18,14 @@ Registered codecs (:data:`CODECS`):
   mean and std fitted on the data set; ``decode`` returns the (de-normalised) log-mel, which a vocoder
   (:mod:`sonodiff.audio.vocoder`) turns back into audio.
 - ``image``: uint8 images ``[B, C, H, W]`` -> float32 in ``[-1, 1]``; ``decode`` rounds back to uint8.
+- ``latent``: audio -> a learned autoencoder's latent (:class:`LatentCodec`): the autoencoder's mel codec, then its
+  encoder's posterior mean ``[B, L, n_mels / f, frames / f]``, normalised per latent channel with a mean and std
+  fitted on the data set (unit variance); ``decode`` runs the decoder and returns the log-mel, voiced by a vocoder
+  like a mel codec's. A codec with weights: its cache key includes the weights' hash.
+
+``mel_config`` is the :class:`MelConfig` of the log-mel a codec decodes to (mel and latent codecs; None for
+the others, which decode to their data); ``hop_samples`` is the number of audio samples per step of the last
+feature axis (None for images).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ __all__ = [
     "Codec",
     "ImageCodec",
     "ImageCodecConfig",
+    "LatentCodec",
+    "LatentCodecConfig",
     "MelCodec",
     "MelCodecConfig",
     "WaveformCodec",
@@ -92,6 +102,17 @@ class Codec(nn.Module):
     def channels(self) -> int:
         return self.config.channels
 
+    @property
+    def mel_config(self) -> MelConfig | None:
+        """The mel settings of the log-mel :meth:`decode` returns (voiced by a vocoder), or None when the codec
+        decodes to its data itself (waveform, image)."""
+        return None
+
+    @property
+    def hop_samples(self) -> int | None:
+        """Audio samples per step of the features' last axis (None for image codecs)."""
+        return 1 if self.modality == "audio" else None
+
     def analyze(self, data: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -130,8 +151,8 @@ class Codec(nn.Module):
         return self
 
     def _check_channels(self, data: Tensor, ndim: int, layout: str) -> None:
-        if data.ndim != ndim or data.shape[1] != self.config.channels:
-            raise ValueError(f"{self.name} codec expects {layout} with C={self.config.channels}, got shape "
+        if data.ndim != ndim or data.shape[1] != self.channels:
+            raise ValueError(f"{self.name} codec expects {layout} with C={self.channels}, got shape "
                              f"{tuple(data.shape)}; apply a channel policy / reshape first")
 
     # --- persistence ---------------------------------------------------------------------------
@@ -275,6 +296,14 @@ class MelCodec(Codec):
         return {"mean": self.mean, "std": self.std}
 
     @property
+    def mel_config(self) -> MelCodecConfig:
+        return self.config
+
+    @property
+    def hop_samples(self) -> int:
+        return self.config.hop_length
+
+    @property
     def is_fitted(self) -> bool:
         return bool(torch.isfinite(self.mean).all() and torch.isfinite(self.std).all())
 
@@ -376,7 +405,215 @@ class ImageCodec(Codec):
         return self.denormalize(z).round().clamp(0, 255).to(torch.uint8)
 
 
-CODECS: dict[str, type[Codec]] = {"waveform": WaveformCodec, "mel": MelCodec, "image": ImageCodec}
+# --- latent ------------------------------------------------------------------------------------
+AUTOENCODER_KIND = "autoencoder"
+
+
+@dataclass(frozen=True)
+class LatentCodecConfig:
+    """``autoencoder``: a shipped autoencoder name (a folder of ``sonodiff/models``) or an autoencoder model
+    directory (``sonodiff export`` of a ``task = "autoencoder"`` run)."""
+
+    autoencoder: str = ""
+
+
+def resolve_autoencoder(spec: str) -> Path:
+    """The autoencoder model directory ``spec`` names (a path, or a shipped name); a clear error otherwise."""
+    models = Path(__file__).resolve().parent.parent / "models"
+    for cand in (Path(spec), models / spec):
+        if (cand / CONFIG_FILE).is_file():
+            return cand
+    shipped = sorted(d.name for d in models.iterdir() if (d / CONFIG_FILE).is_file()
+                     and json.loads((d / CONFIG_FILE).read_text()).get("kind") == AUTOENCODER_KIND) \
+        if models.is_dir() else []
+    raise FileNotFoundError(f"autoencoder {spec!r} is neither an autoencoder model directory nor a shipped "
+                            f"autoencoder ({shipped or 'none shipped'})")
+
+
+def load_autoencoder_dir(directory: str | os.PathLike):
+    """(MelAutoencoder in eval mode, its fitted MelCodec, config.json dict) of an autoencoder model directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sonodiff.nn.autoencoder import MelAutoencoder, MelAutoencoderConfig
+
+    d = Path(directory)
+    cfg_path = d / CONFIG_FILE
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path} is missing or not valid JSON ({e})") from None
+    if meta.get("kind") != AUTOENCODER_KIND:
+        raise ValueError(f"{d} is not an autoencoder model directory ({cfg_path} has kind "
+                         f"{meta.get('kind', 'diffusion')!r}, not {AUTOENCODER_KIND!r})")
+    net = MelAutoencoder(MelAutoencoderConfig.from_dict(meta["config"], f"{cfg_path}: config"))
+    try:
+        state = load_file(str(d / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{d / 'model.safetensors'} is missing or corrupt ({e})") from None
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{d / 'model.safetensors'} does not match the network in {cfg_path}: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    mel = load_codec(d / "codec")
+    if not isinstance(mel, MelCodec) or not mel.is_fitted:
+        raise ValueError(f"{d / 'codec'} must hold the fitted mel codec the autoencoder was trained on")
+    if mel.config.n_mels != net.config.n_mels or mel.channels != net.config.in_channels:
+        raise ValueError(f"{d}: the autoencoder takes {net.config.in_channels} x {net.config.n_mels} mels, its codec "
+                         f"gives {mel.channels} x {mel.config.n_mels}")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), mel, meta
+
+
+class LatentCodec(Codec):
+    """Audio ``[B, C, T]`` -> a learned autoencoder's normalised latent ``[B, L, n_mels / f, frames' / f]``.
+
+    ``analyze``: the autoencoder's mel codec (its own fitted statistics), the mel frames padded with silence to a
+    multiple of ``f``, then the encoder's posterior mean (deterministic). ``normalize``: per latent channel, with a
+    mean and std fitted on the data set's active latents (the cache's train split), so the diffusion model sees
+    unit variance. ``decode``: the decoder, then the mel codec's de-normalisation: natural-log mel for a vocoder.
+    The weights are frozen; ``config_dict`` carries their hash, so feature caches of another autoencoder (or of a
+    retrained one) are other folders. ``save`` copies the autoencoder into the codec folder (self-contained
+    model directories); ``load`` checks that copy against the recorded hash.
+    """
+
+    name = "latent"
+    config_cls = LatentCodecConfig
+
+    def __init__(self, config: LatentCodecConfig = LatentCodecConfig(), _directory: Path | None = None) -> None:
+        super().__init__(config)
+        if not config.autoencoder and _directory is None:
+            raise ValueError("the latent codec needs codec.options.autoencoder: a shipped autoencoder name or an "
+                             "autoencoder model directory (sonodiff export of a task = \"autoencoder\" run)")
+        d = _directory if _directory is not None else resolve_autoencoder(config.autoencoder)
+        net, mel, meta = load_autoencoder_dir(d)
+        self.directory = Path(d)
+        self.__dict__["net"] = net  # frozen and not a submodule: the codec's state is its statistics only
+        self.__dict__["mel"] = mel
+        self.weights_sha = str(meta.get("weights_sha256_16", ""))
+        L = net.config.latent_channels
+        self.register_buffer("mean", torch.full((L,), float("nan"), dtype=torch.float64))
+        self.register_buffer("std", torch.full((L,), float("nan"), dtype=torch.float64))
+        with torch.no_grad():
+            self._silence = mel.normalize(mel.analyze(torch.zeros(1, mel.channels, mel.config.n_fft)))[..., :1].float()
+
+    # --- properties -----------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.mel.channels
+
+    @property
+    def latent_channels(self) -> int:
+        return self.net.config.latent_channels
+
+    @property
+    def factor(self) -> int:
+        return self.net.factor
+
+    @property
+    def mel_config(self) -> MelCodecConfig:
+        return self.mel.config
+
+    @property
+    def hop_samples(self) -> int:
+        return self.mel.config.hop_length * self.factor
+
+    def stats(self) -> dict[str, Tensor]:
+        return {"mean": self.mean, "std": self.std}
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(torch.isfinite(self.mean).all() and torch.isfinite(self.std).all())
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"codec": self.name, "config": asdict(self.config), "autoencoder_sha256_16": self.weights_sha}
+
+    # --- the interface --------------------------------------------------------------------------
+    @torch.no_grad()
+    def analyze(self, data: Tensor) -> Tensor:
+        self._check_channels(data, 3, "audio [B, C, T]")
+        x = self.mel.encode(data.float())  # [B, C, n_mels, frames]
+        pad = -x.shape[-1] % self.factor
+        if pad:
+            x = torch.cat([x, self._silence.to(x).expand(*x.shape[:-1], pad)], dim=-1)
+        net = self.net.to(x.device)
+        return net.encode(x)[0].float()
+
+    def _ms(self, ref: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.is_fitted:
+            raise ValueError("latent codec is not fitted; call fit()/fit_terms() or load a fitted codec")
+        return (self.mean.to(ref.device, ref.dtype)[:, None, None],
+                self.std.clamp_min(1e-3).to(ref.device, ref.dtype)[:, None, None])
+
+    def normalize(self, features: Tensor) -> Tensor:
+        mean, std = self._ms(features)
+        return (features - mean) / std
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        mean, std = self._ms(z)
+        return z * std + mean
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Normalised latent ``[B, L, F', T']`` -> natural-log mel ``[B, C, n_mels, T' * f]`` (float32)."""
+        net = self.net.to(z.device)
+        return self.mel.denormalize(net.decode(self.denormalize(z.float())).float())
+
+    def stat_terms(self, features: Tensor) -> dict[str, Tensor]:
+        """Per-latent-channel sums over every position of ``[..., L, F', T']`` (channel axis -3)."""
+        f = features.detach().double().movedim(-3, -1).reshape(-1, self.latent_channels)
+        return {"n": torch.tensor(float(f.shape[0]), dtype=torch.float64), "s1": f.sum(0), "s2": f.pow(2).sum(0)}
+
+    def fit_terms(self, terms: dict[str, Tensor]) -> None:
+        n = terms["n"]
+        if not n > 1:
+            raise ValueError(f"cannot fit latent statistics from {float(n)} positions")
+        mean = terms["s1"] / n
+        self.mean.copy_(mean)
+        self.std.copy_((terms["s2"] / n - mean.pow(2)).clamp_min(0.0).sqrt())
+
+    # --- persistence: the autoencoder travels with the codec ------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        import shutil
+
+        d = super().save(directory)
+        target = d / "autoencoder"
+        if target.resolve() != self.directory.resolve():
+            tmp = d / ".autoencoder.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.directory, tmp, ignore=shutil.ignore_patterns("*.tmp", "samples"))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "LatentCodec":
+        d = Path(directory)
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        if meta.get("codec") != cls.name:
+            raise ValueError(f"{d / CONFIG_FILE} holds codec {meta.get('codec')!r}, not {cls.name!r}; use load_codec()")
+        config = from_dict(cls.config_cls, meta["config"], cls.config_cls.__name__)
+        codec = cls(config, _directory=d / "autoencoder" if (d / "autoencoder" / CONFIG_FILE).is_file() else None)
+        want = meta.get("autoencoder_sha256_16", "")
+        if want and codec.weights_sha != want:
+            raise ValueError(f"{d}: the codec was saved with autoencoder weights {want}, but {codec.directory} holds "
+                             f"{codec.weights_sha}; its statistics belong to the other weights")
+        if (d / STATS_FILE).exists():
+            from safetensors.torch import load_file
+
+            stats = load_file(str(d / STATS_FILE))
+            for k, v in stats.items():
+                codec.stats()[k].copy_(v)
+        return codec
+
+
+CODECS: dict[str, type[Codec]] = {"waveform": WaveformCodec, "mel": MelCodec, "image": ImageCodec,
+                                  "latent": LatentCodec}
 
 
 def make_codec(name: str, **config: Any) -> Codec:

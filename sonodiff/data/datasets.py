@@ -140,10 +140,10 @@ def field_value(entry: dict, field: str):
 
 
 def frame_seconds(codec) -> float:
-    """Seconds between consecutive frames along the last axis of the codec's features: the mel hop, or one sample."""
+    """Seconds between consecutive frames along the last axis of the codec's features: the mel hop (times a latent codec's factor), or one sample."""
     if not codec.sample_rate:
         raise ValueError(f"codec {codec.name!r} has no sample rate, so its frames have no duration")
-    return getattr(codec.config, "hop_length", 1) / codec.sample_rate
+    return codec.hop_samples / codec.sample_rate
 
 
 @dataclass

@@ -468,16 +468,17 @@ def resynthesized(s: ClipSet, model: str) -> ClipSet:
 
     mdir = resolve_model(model)
     codec = load_codec(mdir / "codec")
-    if codec.name != "mel":
-        raise ValueError(f"--resynthesis {model!r}: a {codec.name!r} model; resynthesis needs a mel model")
-    mel = mel_config_of(codec.config)
+    if codec.mel_config is None:
+        raise ValueError(f"--resynthesis {model!r}: a {codec.name!r} model; resynthesis needs a mel or latent model")
+    mel = mel_config_of(codec.mel_config)
     vname = json.loads((mdir / "config.json").read_text())["audio"].get("vocoder", "griffin_lim")
     voc = load_vocoder(vname, expect=mel, base=mdir)
     audio = []
     with torch.no_grad():
         for a in s.at_rate(mel.sample_rate):
             a = a if len(a) > mel.n_fft else torch.nn.functional.pad(a, (0, mel.n_fft + 1 - len(a)))
-            audio.append(voc(log_mel(a[None], mel)[None], length=len(a))[0, 0])
+            feats = log_mel(a[None], mel)[None] if codec.name == "mel" else codec.decode(codec.encode(a[None, None]))
+            audio.append(voc(feats, length=len(a))[0, 0])
     return ClipSet(f"calibration: {s.name.removeprefix('calibration: ')} resynthesised ({mdir.name}, {voc.name})",
                    f"resynthesis:{model}", list(s.paths), audio, [mel.sample_rate] * len(s),
                    {k: list(v) for k, v in s.fields.items()})

@@ -30,6 +30,12 @@ def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
                 out[d.name] = {"path": str(d), "kind": "clap", "sample_rate": c["clap"]["sample_rate"],
                                "embed_dim": c["clap"]["embed_dim"], "steps_trained": c["source"].get("step")}
                 continue
+            if k == "autoencoder":
+                out[d.name] = {"path": str(d), "kind": "autoencoder", "autoencoder": c["autoencoder"],
+                               "latent_channels": c["config"]["latent_channels"],
+                               "factor": 2 ** (len(c["config"]["channels"]) - 1),
+                               "steps_trained": c["source"].get("step")}
+                continue
             if k == "vocoder":
                 out[d.name] = {"path": str(d), "kind": "vocoder", "vocoder": c["vocoder"],
                                "sample_rate": c["mel"]["sample_rate"], "n_mels": c["mel"]["n_mels"],

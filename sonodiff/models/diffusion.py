@@ -81,14 +81,42 @@ class DiffusionModel(nn.Module):
 
         return deepcopy_sharing(self, memo, [self.frozen_conditioner] if self.frozen_conditioner is not None else [])
 
+    def enable_text_memo(self) -> bool:
+        """Remember each distinct text's encoding from now on (training: a data set's captions repeat every epoch,
+        and a frozen encoder's output for a text never changes). Only for a frozen text encoder padding to the
+        longest text of a batch, whose real tokens do not depend on the other rows; returns whether it is on."""
+        from sonodiff.conditioning.text import TextEncoder
+
+        c = self.frozen_conditioner
+        on = isinstance(c, TextEncoder) and c.config.padding == "longest"
+        self.__dict__["_text_memo"] = {} if on else None
+        return on
+
+    def _memo_cond(self, memo: dict, values: list, device) -> Cond:
+        new = [v for v in dict.fromkeys(values) if v not in memo]
+        if new:
+            c = self.conditioner(_to_device(self.conditioner.tokenize(new), device))
+            for i, v in enumerate(new):
+                n = int(c.mask[i].sum())
+                if not bool(c.mask[i, :n].all()):
+                    raise ValueError("text memo: the tokenizer pads on the left; cannot keep per-text encodings")
+                memo[v] = (c.tokens[i, :n].detach(), c.pooled[i].detach())
+        L = max(memo[v][0].shape[0] for v in values)
+        tokens = torch.stack([torch.nn.functional.pad(memo[v][0], (0, 0, 0, L - memo[v][0].shape[0])) for v in values])
+        mask = torch.stack([torch.arange(L, device=tokens.device) < memo[v][0].shape[0] for v in values])
+        return Cond(tokens=tokens, mask=mask, pooled=torch.stack([memo[v][1] for v in values]))
+
     def cond(self, values: list | None, null: Tensor | None = None, device=None) -> Cond | None:
         """Conditioning values (one per row) -> Cond on ``device``; rows with ``null`` True become null."""
         if self.conditioner is None:
             return None
         if values is None:
             raise ValueError("this model is conditional: give one conditioning value per example")
-        batch = _to_device(self.conditioner.tokenize(list(values)), device)
-        c = self.conditioner(batch)
+        memo = self.__dict__.get("_text_memo")
+        if memo is not None:
+            c = self._memo_cond(memo, list(values), device)
+        else:
+            c = self.conditioner(_to_device(self.conditioner.tokenize(list(values)), device))
         if null is not None:
             c = c.with_null(null.to(device=c.null_mask(c.batch_size).device))
         return c

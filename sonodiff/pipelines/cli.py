@@ -428,6 +428,10 @@ def _models(args) -> int:
             print(f"{name:20s} {'vocoder':12s} {m['sample_rate']} Hz, {m['n_mels']} mel bins ({m['vocoder']}), trained "
                   f"{m['steps_trained']} steps")
             continue
+        if m["kind"] == "autoencoder":
+            print(f"{name:20s} {'autoencoder':12s} mel VAE, {m['latent_channels']} latent channels, {m['factor']}x down "
+                  f"per axis, trained {m['steps_trained']} steps")
+            continue
         if m["kind"] == "clap":
             print(f"{name:20s} {'clap':12s} {m['sample_rate']} Hz, {m['embed_dim']}-d text-audio space, trained "
                   f"{m['steps_trained']} steps")

@@ -11,15 +11,19 @@ __all__ = ["features_to_audio", "crossfade_join", "equal_power_fade"]
 def features_to_audio(codec, z: Tensor, length: int | None = None, vocoder=None) -> Tensor:
     """Features ``[B, C, ...]`` in diffusion space -> audio ``[B, C, T]`` at ``codec.sample_rate``.
 
-    Mel codecs are voiced by ``vocoder`` (:func:`sonodiff.models.vocoders.load_vocoder`; None = Griffin-Lim with
+    Mel and latent codecs (``codec.mel_config`` set) are voiced by ``vocoder`` (:func:`sonodiff.models.vocoders.load_vocoder`; None = Griffin-Lim with
     the codec's settings); ``length`` fixes the number of output samples (for mel: default (frames - 1) * hop).
     """
     data = codec.decode(z.float())
-    if codec.name == "mel":
+    if codec.mel_config is not None:  # mel and latent codecs decode to log-mel
         if vocoder is None:
             from sonodiff.models.vocoders import load_vocoder
 
-            vocoder = load_vocoder("griffin_lim", expect=codec.config)
+            vocoder = load_vocoder("griffin_lim", expect=codec.mel_config)
+        if length is not None:  # a latent codec decodes whole latent frames: drop mel frames past ``length``
+            mc = codec.mel_config
+            n = length // mc.hop_length + 1 if mc.center else max(1, (length - (mc.win_length or mc.n_fft)) // mc.hop_length + 1)
+            data = data[..., :n] if data.shape[-1] > n else data
         return vocoder(data, length=length)
     if vocoder is not None:
         raise ValueError(f"a {codec.name!r} codec decodes to audio itself; it takes no vocoder")

@@ -104,7 +104,7 @@ class Pipeline:
             guide = Path(path) / own if own else None
         if guide is not None:
             pipe.set_guide(guide)
-        if codec.name == "mel":
+        if codec.mel_config is not None:
             pipe.set_vocoder(config["audio"].get("vocoder", "griffin_lim") if vocoder == "model" else vocoder)
         elif vocoder not in ("model", None, "none"):
             raise ValueError(f"{path}: a {codec.name!r} model decodes to {codec.modality} itself; it takes no vocoder "
@@ -117,9 +117,9 @@ class Pipeline:
         trained on other mel settings than this model's codec is a clear error naming both."""
         from sonodiff.models.vocoders import load_vocoder
 
-        if self.codec.name != "mel":
+        if self.codec.mel_config is None:
             raise ValueError(f"a {self.codec.name!r} model decodes to audio itself; it takes no vocoder")
-        self.vocoder = load_vocoder(vocoder, expect=self.codec.config, base=self.path or None)
+        self.vocoder = load_vocoder(vocoder, expect=self.codec.mel_config, base=self.path or None)
         return self
 
     def set_guide(self, guide: "str | Path | Pipeline | None") -> "Pipeline":
@@ -299,7 +299,7 @@ class Pipeline:
             raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s!r}")
         if duration_s > MAX_DURATION_S:
             raise ValueError(f"duration_s={duration_s} is over the {MAX_DURATION_S:.0f} s limit (seconds, not samples?)")
-        min_samples = self.codec.config.n_fft if self.codec.name == "mel" else 1
+        min_samples = self.codec.mel_config.n_fft if self.codec.mel_config is not None else 1
         if duration_s * self.sample_rate < min_samples:
             raise ValueError(f"duration_s={duration_s} is shorter than one analysis window ({min_samples} samples)")
         return float(duration_s)
@@ -749,7 +749,7 @@ class Pipeline:
                             schedule_options, cfg_rescale)
         W = self._frames(self.max_window_seconds)
         O = max(2, int(W * overlap))
-        hop_s = self.codec.config.hop_length / self.sample_rate if self.codec.name == "mel" else 1 / self.sample_rate
+        hop_s = self.codec.hop_samples / self.sample_rate
         total = int(round(duration_s * self.sample_rate))
         shape = self._feature_shape()
         cond, negative = self._conds(rows, negative_prompt, duration_s)

@@ -26,15 +26,16 @@ def resynthesize(path: str | Path, vocoder: str | Path | None = None, model: str
 
     if model is None and vocoder is None:
         raise ValueError("give --model (a mel model: its codec and vocoder) or --vocoder (a vocoder directory)")
+    codec = None
     if model is not None:
         from sonodiff.audio.codecs import load_codec
         from sonodiff.models import resolve_model
 
         mdir = resolve_model(model)
         codec = load_codec(mdir / "codec")
-        if codec.name != "mel":
-            raise ValueError(f"model {model!r} has a {codec.name!r} codec; resynthesis needs a mel model")
-        mel = mel_config_of(codec.config)
+        if codec.mel_config is None:
+            raise ValueError(f"model {model!r} has a {codec.name!r} codec; resynthesis needs a mel or latent model")
+        mel = mel_config_of(codec.mel_config)
         if vocoder is None:
             import json
 
@@ -61,7 +62,9 @@ def resynthesize(path: str | Path, vocoder: str | Path | None = None, model: str
     if audio.shape[-1] <= mel.n_fft:
         raise ValueError(f"{p} is too short ({audio.shape[-1]} samples at {sr} Hz); need more than {mel.n_fft}")
     with torch.no_grad():
-        out = voc(log_mel(audio, mel)[None], length=audio.shape[-1])[0]
+        # a latent model's codec: through its autoencoder too (what the model's own outputs go through)
+        feats = log_mel(audio, mel)[None] if codec is None or codec.name == "mel" else codec.decode(codec.encode(audio[None]))
+        out = voc(feats, length=audio.shape[-1])[0]
     return out, mel.sample_rate, voc.name
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "DemoConfig",
     "VocoderConfig",
+    "AutoencoderConfig",
     "Config",
     "load_config",
     "sampling_defaults",
@@ -340,6 +341,22 @@ class ContrastiveConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """The ``task = "autoencoder"`` recipe section: a mel VAE (:class:`sonodiff.nn.autoencoder.MelAutoencoder`)
+    trained on the recipe's mel codec features; the ``latent`` codec loads its export. ``model``: architecture
+    overrides (channels, blocks, latent_channels, groups; n_mels and in_channels come from the codec).
+    ``kl_weight``: weight of the KL term per latent element (small: the latent is rescaled to unit variance from
+    data statistics anyway, so the KL only keeps it smooth)."""
+
+    model: dict = _field(default_factory=dict)
+    kl_weight: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not self.kl_weight >= 0:
+            raise ValueError(f"autoencoder.kl_weight must be >= 0, got {self.kl_weight}")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     task: str = "diffusion"  # a key of sonodiff.training.tasks.TASKS: what this recipe trains
@@ -352,6 +369,7 @@ class Config:
     demo: DemoConfig = _field(default_factory=DemoConfig)
     vocoder: VocoderConfig = _field(default_factory=VocoderConfig)
     contrastive: ContrastiveConfig = _field(default_factory=ContrastiveConfig)
+    autoencoder: AutoencoderConfig = _field(default_factory=AutoencoderConfig)
 
     def __post_init__(self) -> None:
         from sonodiff.core.schedules import model_sigmas

@@ -76,10 +76,10 @@ def write_demos(model, cfg, codec, frames: int, step: int, run_dir, logger, devi
     if codec.modality == "image":
         return _image_demos(codec, z.cpu(), prompts, step, out, logger)
     vocoder = None
-    if codec.name == "mel":
+    if codec.mel_config is not None:
         from sonodiff.models.vocoders import load_vocoder
 
-        vocoder = load_vocoder(d.vocoder, expect=codec.config)
+        vocoder = load_vocoder(d.vocoder, expect=codec.mel_config)
     audio = features_to_audio(codec, z.cpu(), vocoder=vocoder)
     out.mkdir(parents=True, exist_ok=True)
     written = []

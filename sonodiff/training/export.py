@@ -41,8 +41,8 @@ def model_sections(config: dict, codec) -> dict[str, dict]:
     return {
         "sampling": sampling_defaults(config),
         "audio": {"sample_rate": codec.sample_rate, "seconds": seconds, "frames": frames_for_seconds(codec, seconds),
-                  "codec": codec.name, "vocoder": config["demo"].get("vocoder", "griffin_lim") if codec.name == "mel"
-                  else "none",
+                  "codec": codec.name, "vocoder": config["demo"].get("vocoder", "griffin_lim")
+                  if codec.mel_config is not None else "none",
                   "max_window_seconds": window},
     }
 
@@ -79,6 +79,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         return _export_vocoder(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
     if c.get("task", "diffusion") == "contrastive":
         return _export_clap(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
+    if c.get("task", "diffusion") == "autoencoder":
+        return _export_autoencoder(run, run_dir, ckpt, meta, ema_state, out, ema_sigma_rel)
     # the run's own fitted codec (runs started before runs kept one: the feature cache's, as they were trained)
     codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
                        else Path(run["feature_dir"]) / "codec")
@@ -97,9 +99,9 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     if vocoder is not None:
         from sonodiff.models.vocoders import load_vocoder
 
-        if codec.name != "mel":  # waveform and image models
+        if codec.mel_config is None:  # waveform and image models
             raise ValueError(f"a {codec.name!r} model takes no vocoder (got vocoder={vocoder!r})")
-        load_vocoder(vocoder, expect=codec.config)  # refuses a vocoder of other mel settings, naming both
+        load_vocoder(vocoder, expect=codec.mel_config)  # refuses a vocoder of other mel settings, naming both
         sections["audio"]["vocoder"] = vocoder
         source["export_vocoder"] = vocoder
     run_guide = c["demo"].get("guide", "")
@@ -151,6 +153,34 @@ def _export_clap(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: di
     if ema_sigma_rel is not None:
         state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
     return save_clap_dir(out, config=ClapConfig.from_dict(spec["config"]), state=state, source=source)
+
+
+def _export_autoencoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out,
+                        ema_sigma_rel) -> Path:
+    """An autoencoder run's model directory: config.json (kind "autoencoder"), the EMA weights in
+    model.safetensors and codec/ (the run's fitted mel codec): what the ``latent`` codec loads."""
+    from sonodiff import __version__
+    from sonodiff.audio.codecs import load_codec
+    from sonodiff.models.model_dir import FORMAT, FORMAT_VERSION, weights_hash
+    from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
+
+    c, spec = run["config"], run["model"]
+    source = {"name": c["name"], "task": "autoencoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
+              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"],
+              "kl_weight": c["autoencoder"]["kl_weight"]}
+    state = ema_state
+    if ema_sigma_rel is not None:
+        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out / "model.safetensors", {k: v.contiguous() for k, v in state.items()})
+    load_codec(run_dir / "codec").save(out / "codec")
+    atomic_write_json(out / "config.json", {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "sonodiff_version": __version__, "kind": "autoencoder",
+        "autoencoder": spec["autoencoder"], "config": spec["config"], "source": source,
+        "weights_sha256_16": weights_hash(out / "model.safetensors")}, indent=1)
+    return out
 
 
 def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:

@@ -62,11 +62,13 @@ class DiffusionTask(Task):
         self.model, self.spec = build_model(cfg, self.ds.shape, labels)
         check_trainer_inputs(self.model.conditioner)
         self.model.to(self.device)
+        if self.model.enable_text_memo():  # each caption through the frozen text encoder once, not once per step
+            self.log("text encodings are computed once per distinct text (frozen encoder) and reused")
         self.run_extra = {"feature_dir": str(fdir)}
-        if self.codec.name == "mel" and cfg.demo.vocoder != "griffin_lim":
+        if self.codec.mel_config is not None and cfg.demo.vocoder != "griffin_lim":
             from sonodiff.models.vocoders import load_vocoder
 
-            load_vocoder(cfg.demo.vocoder, expect=self.codec.config)  # a wrong demo.vocoder fails now, not at the end
+            load_vocoder(cfg.demo.vocoder, expect=self.codec.mel_config)  # a wrong demo.vocoder fails now, not at the end
 
     def describe(self) -> str:
         return f"{len(self.ds)} training examples of shape {list(self.ds.shape)}; {super().describe()}"

@@ -18,6 +18,14 @@ memory for reuse (:func:`sonodiff.utils.malloc.keep_freed_memory`, as ``sonodiff
 
     python scripts/bench_generate.py --model corpus_sfx_mel --json bench_generate.json
     python scripts/bench_generate.py --model fsdd_digits_mel --quick
+
+Several ``--model`` values are measured in one run, each row against the first model's row of the same steps,
+batch and duration (e.g. a latent model against the mel-space model). ``--durations 4 30 60`` measures each
+length (sonodiff only past the model's one-pass window, which the diffusers loop has no counterpart of): the
+peak memory of long clips shows whether windowed generation and decoding keep it bounded. ``--no-peer`` skips
+the diffusers rows.
+
+    python scripts/bench_generate.py --model runs/sfx_latent_export --model corpus_sfx_mel --quick --durations 4 30 60
 """
 
 from __future__ import annotations
@@ -131,7 +139,7 @@ def run_row(args) -> dict:
                 torch.cuda.synchronize()
             walls.append(time.perf_counter() - t0)
     wall = sorted(walls)[len(walls) // 2]  # the median call
-    return {"impl": args.impl, "model": model, "device": args.device, "steps": args.steps, "batch": args.batch,
+    return {"impl": args.impl, "model": model, "model_arg": args.model, "device": args.device, "steps": args.steps, "batch": args.batch,
             "duration_s": dur, "x_realtime": args.batch * dur / wall, "peak_mem_mb": peak_mb(device),
             "wall_s": wall, "walls_s": walls}
 
@@ -141,23 +149,55 @@ def table(rows: list[dict]) -> str:
     def fmt(r):
         return f"{r['x_realtime']:.2f}" if r["x_realtime"] is not None else f"< {r['x_realtime_below']:.2f} (unfinished)"
 
-    out = ["| impl | steps | batch | x real-time | ratio vs diffusers | peak mem (MB) |", "|---|---|---|---|---|---|"]
+    first = rows[0].get("model_arg") if rows else None
+    out = ["| model | impl | seconds | steps | batch | x real-time | ratio vs diffusers | ratio vs first model | peak mem (MB) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    same = lambda q, r: (q["steps"], q["batch"], q["duration_s"], q.get("model_arg")) == \
+        (r["steps"], r["batch"], r["duration_s"], r.get("model_arg"))  # noqa: E731
     for r in rows:
-        d = next((q for q in rows if q["impl"] == "diffusers" and q["steps"] == r["steps"] and q["batch"] == r["batch"]), None)
+        d = next((q for q in rows if q["impl"] == "diffusers" and same(q, r)), None)
         ratio = ""
         if r["impl"] != "diffusers" and d is not None and r["x_realtime"] is not None:
             ratio = (f"{r['x_realtime'] / d['x_realtime']:.2f}x" if d["x_realtime"] is not None
                      else f"> {r['x_realtime'] / d['x_realtime_below']:.2f}x")
+        f = next((q for q in rows if q["impl"] == r["impl"] and q.get("model_arg") == first
+                  and (q["steps"], q["batch"], q["duration_s"]) == (r["steps"], r["batch"], r["duration_s"])), None)
+        vs_first = (f"{r['x_realtime'] / f['x_realtime']:.2f}x" if f is not None and r.get("model_arg") != first
+                    and r["x_realtime"] and f["x_realtime"] else "")
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
-        out.append(f"| {r['impl']} | {r['steps']} | {r['batch']} | {fmt(r)} | {ratio} | {mem} |")
+        out.append(f"| {r.get('model_arg', '')} | {r['impl']} | {r['duration_s']:g} | {r['steps']} | {r['batch']} | "
+                   f"{fmt(r)} | {ratio} | {vs_first} | {mem} |")
     return "\n".join(out)
+
+
+def _measure(args, model: str, impl: str, steps: int, b: int, dur: float) -> dict:
+    """One row in its own subprocess (its peak memory is its own)."""
+    cmd = [sys.executable, __file__, "--model", model, "--device", args.device, "--duration", str(dur),
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--row", f"{impl},{steps},{b}"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {model} {impl:22s} {dur:g} s steps {steps:2d} batch {b:2d}: did not finish in {args.row_timeout:.0f} s",
+              flush=True)
+        return {"impl": impl, "model": "", "model_arg": model, "device": args.device, "steps": steps, "batch": b,
+                "duration_s": dur, "x_realtime": None, "peak_mem_mb": None, "wall_s": None,
+                "unfinished_after_s": args.row_timeout, "x_realtime_below": b * dur / args.row_timeout}
+    if res.returncode != 0:
+        sys.exit(f"row {model} {impl},{steps},{b} failed:\n{res.stderr[-3000:]}")
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"  {model} {impl:22s} {dur:g} s steps {steps:2d} batch {b:2d}: {r['x_realtime']:.2f}x real time, "
+          f"peak {r['peak_mem_mb']:.0f} MB", flush=True)
+    return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="corpus_sfx_mel")
+    ap.add_argument("--model", action="append", help="a model directory or shipped name; repeatable (default "
+                    "corpus_sfx_mel); later ones are compared with the first")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of audio per clip (default 4)")
+    ap.add_argument("--durations", type=float, nargs="+", help="several clip lengths (overrides --duration)")
+    ap.add_argument("--no-peer", action="store_true", help="no diffusers rows")
     ap.add_argument("--quick", action="store_true", help="25 steps, batch 1 only (under a minute on CPU)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="sampling steps (default 10 25 50)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
@@ -171,6 +211,7 @@ def main() -> None:
     ap.add_argument("--row", help=argparse.SUPPRESS)  # internal: impl,steps,batch measured in a subprocess
     args = ap.parse_args()
     if args.row:
+        args.model = args.model[0]
         impl, steps, batch = args.row.split(",")
         args.impl, args.steps, args.batch = impl, int(steps), int(batch)
         print(json.dumps(run_row(args)))
@@ -181,33 +222,22 @@ def main() -> None:
     batches = [1] if args.quick else args.batches
     from sonodiff.pipelines import Pipeline
 
-    interval = Pipeline.from_pretrained(args.model).config["sampling"].get("guidance_interval")
-    impls = ["sonodiff"] + (["sonodiff-full-guidance"] if args.full_guidance and interval else []) + ["diffusers"]
+    models = args.model or ["corpus_sfx_mel"]
     rows = []
-    for steps in steps_list:
-        for b in batches:
-            for impl in impls:
-                cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--duration",
-                       str(args.duration), "--threads", str(args.threads), "--repeats", str(args.repeats),
-                       "--row", f"{impl},{steps},{b}"]
-                try:
-                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
-                except subprocess.TimeoutExpired:
-                    rows.append({"impl": impl, "model": "", "device": args.device, "steps": steps, "batch": b,
-                                 "duration_s": args.duration, "x_realtime": None, "peak_mem_mb": None,
-                                 "wall_s": None, "unfinished_after_s": args.row_timeout,
-                                 "x_realtime_below": b * args.duration / args.row_timeout})
-                    print(f"  {impl:22s} steps {steps:2d} batch {b:2d}: did not finish in {args.row_timeout:.0f} s", flush=True)
-                    continue
-                if res.returncode != 0:
-                    sys.exit(f"row {impl},{steps},{b} failed:\n{res.stderr[-3000:]}")
-                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  {impl:22s} steps {steps:2d} batch {b:2d}: {r['x_realtime']:.2f}x real time", flush=True)
-    peer = next((r["model"] for r in rows if r["impl"] == "diffusers" and r["model"]), "?")
-    print(f"\nmodel {args.model}, {args.duration} s clips, device {args.device}"
-          f"{f', {args.threads} threads' if args.device == 'cpu' else ''}; sonodiff guidance interval {interval}; "
-          f"diffusers: {peer}\n")
+    for model in models:
+        pipe = Pipeline.from_pretrained(model)
+        interval = pipe.config["sampling"].get("guidance_interval")
+        window = pipe.max_window_seconds
+        for dur in args.durations or [args.duration]:
+            impls = ["sonodiff"] + (["sonodiff-full-guidance"] if args.full_guidance and interval else []) + \
+                ([] if args.no_peer or dur > window else ["diffusers"])
+            for steps in steps_list:
+                for b in batches:
+                    for impl in impls:
+                        rows.append(_measure(args, model, impl, steps, b, dur))
+    peer = sorted({r["model"] for r in rows if r["impl"] == "diffusers" and r["model"]}) or ["none"]
+    print(f"\nmodels {', '.join(models)}; device {args.device}"
+          f"{f', {args.threads} threads' if args.device == 'cpu' else ''}; diffusers: {', '.join(peer)}\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

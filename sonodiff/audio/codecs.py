@@ -54,6 +54,8 @@ __all__ = [
     "ImageCodecConfig",
     "LatentCodec",
     "LatentCodecConfig",
+    "load_autoencoder_dir",
+    "save_autoencoder_dir",
     "MelCodec",
     "MelCodecConfig",
     "WaveformCodec",
@@ -428,6 +430,27 @@ def resolve_autoencoder(spec: str) -> Path:
         if models.is_dir() else []
     raise FileNotFoundError(f"autoencoder {spec!r} is neither an autoencoder model directory nor a shipped "
                             f"autoencoder ({shipped or 'none shipped'})")
+
+
+def save_autoencoder_dir(out: str | os.PathLike, *, config: dict, state: dict, mel: "MelCodec", source: dict) -> Path:
+    """Write an autoencoder model directory: config.json (kind "autoencoder", the network config, source, weights
+    hash), model.safetensors and codec/ (the fitted mel codec it was trained on). Files are written atomically."""
+    from sonodiff import __version__
+    from sonodiff.nn.autoencoder import MelAutoencoderConfig
+    from sonodiff.utils.atomic import atomic_save_tensors as save_tensors
+
+    MelAutoencoderConfig.from_dict(config)  # a bad config fails before anything is written
+    if not mel.is_fitted:
+        raise ValueError("save_autoencoder_dir needs the fitted mel codec the autoencoder was trained on")
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    save_tensors(d / "model.safetensors", {k: v.contiguous() for k, v in state.items()})
+    mel.save(d / "codec")
+    h = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:16]
+    atomic_write_json(d / CONFIG_FILE, {"format": "sonodiff-model", "format_version": 1, "sonodiff_version": __version__,
+                                        "kind": AUTOENCODER_KIND, "autoencoder": "mel_vae", "config": config,
+                                        "source": source, "weights_sha256_16": h}, indent=1)
+    return d
 
 
 def load_autoencoder_dir(directory: str | os.PathLike):

@@ -159,10 +159,7 @@ def _export_autoencoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_st
                         ema_sigma_rel) -> Path:
     """An autoencoder run's model directory: config.json (kind "autoencoder"), the EMA weights in
     model.safetensors and codec/ (the run's fitted mel codec): what the ``latent`` codec loads."""
-    from sonodiff import __version__
-    from sonodiff.audio.codecs import load_codec
-    from sonodiff.models.model_dir import FORMAT, FORMAT_VERSION, weights_hash
-    from sonodiff.utils.atomic import atomic_save_tensors, atomic_write_json
+    from sonodiff.audio.codecs import load_codec, save_autoencoder_dir
 
     c, spec = run["config"], run["model"]
     source = {"name": c["name"], "task": "autoencoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
@@ -172,15 +169,8 @@ def _export_autoencoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_st
     state = ema_state
     if ema_sigma_rel is not None:
         state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(out / "model.safetensors", {k: v.contiguous() for k, v in state.items()})
-    load_codec(run_dir / "codec").save(out / "codec")
-    atomic_write_json(out / "config.json", {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "sonodiff_version": __version__, "kind": "autoencoder",
-        "autoencoder": spec["autoencoder"], "config": spec["config"], "source": source,
-        "weights_sha256_16": weights_hash(out / "model.safetensors")}, indent=1)
-    return out
+    return save_autoencoder_dir(out, config=spec["config"], state=state, mel=load_codec(run_dir / "codec"),
+                                source=source)
 
 
 def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, out, ema_sigma_rel) -> Path:

@@ -244,3 +244,30 @@ def test_two_tower_checkpoints_give_their_text_and_audio_towers(tmp_path):
     with torch.no_grad():
         want = unwrap(clap.get_audio_features(input_features=b["input_features"], is_longer=b["is_longer"]))
     torch.testing.assert_close(audio(b).pooled, want, atol=1e-5, rtol=1e-5)
+
+
+def test_training_text_memo_gives_the_batched_encoding(minilm):
+    """DiffusionModel.enable_text_memo: each distinct caption is encoded once; the Cond assembled from the memo
+    equals encoding the batch directly (same tokens where real, same mask, same pooled vectors), nulls included."""
+    from sonodiff.core.denoiser import Preconditioned
+    from sonodiff.models.diffusion import DiffusionModel
+
+    model = DiffusionModel(Preconditioned(torch.nn.Identity(), "edm", sigma_data=1.0), minilm)
+    batch1 = ["a dog barking", "piano", "Rain falling on a tin roof, then thunder."]
+    batch2 = ["piano", "a dog barking", "a dog barking", "a cat"]
+    direct = [model.cond(b) for b in (batch1, batch2)]
+    assert model.enable_text_memo()
+    calls = []
+    orig = minilm.encode
+    minilm.encode = lambda b: calls.append(b["input_ids"].shape[0]) or orig(b)  # count rows through the encoder
+    try:
+        memo = [model.cond(batch1), model.cond(batch2, null=torch.tensor([False, True, False, False]))]
+    finally:
+        minilm.encode = orig
+    assert calls == [3, 1]  # batch2 encodes only "a cat"
+    for d, m in zip(direct, memo):
+        L = int(d.mask.sum(1).max())
+        assert torch.equal(m.mask, d.mask[:, :L])
+        torch.testing.assert_close(m.tokens, d.tokens[:, :L], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.pooled, d.pooled, atol=1e-5, rtol=1e-5)
+    assert memo[1].null.tolist() == [False, True, False, False]

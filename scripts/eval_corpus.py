@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--classifier-steps", type=int, default=400)
     ap.add_argument("--limit", type=int, default=0, help="score only the first N generated clips (0 = all)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--classifier", help="the in-house classifier's folder (default OUT/classifier; trained there "
+                                         "if empty): share one between runs to score several models alike")
     args, generate_opts = ap.parse_known_args()  # anything else goes to `sonodiff generate` (--steps, --cfg, ...)
     out = Path(args.out)
     rc = sonodiff(["generate", "--protocol", args.protocol, "--model", args.model, "--out-dir", str(out / "gen"),
@@ -44,7 +46,7 @@ def main() -> int:
     for emb in args.embedding or ["clap"]:
         rc = sonodiff(["evaluate", str(out / "gen"), "--reference",
                        f"{args.corpus}@split=test+test_heldout,domain={args.domain}", "--metrics", METRICS[emb],
-                       "--embedding", emb, "--classifier", str(out / "classifier"),
+                       "--embedding", emb, "--classifier", args.classifier or str(out / "classifier"),
                        "--classifier-steps", str(args.classifier_steps),
                        "--calibration", f"real train={args.corpus}@split=train,domain={args.domain}",
                        "--limit", str(args.limit), "--resynthesis", args.model,

@@ -477,8 +477,11 @@ def resynthesized(s: ClipSet, model: str) -> ClipSet:
     with torch.no_grad():
         for a in s.at_rate(mel.sample_rate):
             a = a if len(a) > mel.n_fft else torch.nn.functional.pad(a, (0, mel.n_fft + 1 - len(a)))
-            feats = log_mel(a[None], mel)[None] if codec.name == "mel" else codec.decode(codec.encode(a[None, None]))
-            audio.append(voc(feats, length=len(a))[0, 0])
+            if codec.name == "mel":
+                audio.append(voc(log_mel(a[None], mel)[None], length=len(a))[0, 0])
+            else:  # a latent codec: through its autoencoder as well (whole latent frames: drop mels past the clip)
+                feats = codec.decode(codec.encode(a[None, None]))[..., : max(1, mel.num_frames(len(a)))]
+                audio.append(voc(feats, length=len(a))[0, 0])
     return ClipSet(f"calibration: {s.name.removeprefix('calibration: ')} resynthesised ({mdir.name}, {voc.name})",
                    f"resynthesis:{model}", list(s.paths), audio, [mel.sample_rate] * len(s),
                    {k: list(v) for k, v in s.fields.items()})

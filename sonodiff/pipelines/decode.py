@@ -21,9 +21,7 @@ def features_to_audio(codec, z: Tensor, length: int | None = None, vocoder=None)
 
             vocoder = load_vocoder("griffin_lim", expect=codec.mel_config)
         if length is not None:  # a latent codec decodes whole latent frames: drop mel frames past ``length``
-            mc = codec.mel_config
-            n = length // mc.hop_length + 1 if mc.center else max(1, (length - (mc.win_length or mc.n_fft)) // mc.hop_length + 1)
-            data = data[..., :n] if data.shape[-1] > n else data
+            data = data[..., : max(1, codec.mel_config.num_frames(length))]
         return vocoder(data, length=length)
     if vocoder is not None:
         raise ValueError(f"a {codec.name!r} codec decodes to audio itself; it takes no vocoder")

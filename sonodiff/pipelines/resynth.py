@@ -63,8 +63,12 @@ def resynthesize(path: str | Path, vocoder: str | Path | None = None, model: str
         raise ValueError(f"{p} is too short ({audio.shape[-1]} samples at {sr} Hz); need more than {mel.n_fft}")
     with torch.no_grad():
         # a latent model's codec: through its autoencoder too (what the model's own outputs go through)
-        feats = log_mel(audio, mel)[None] if codec is None or codec.name == "mel" else codec.decode(codec.encode(audio[None]))
-        out = voc(feats, length=audio.shape[-1])[0]
+        if codec is None or codec.name == "mel":
+            out = voc(log_mel(audio, mel)[None], length=audio.shape[-1])[0]
+        else:
+            from sonodiff.pipelines.decode import features_to_audio
+
+            out = features_to_audio(codec, codec.encode(audio[None]), length=audio.shape[-1], vocoder=voc)[0]
     return out, mel.sample_rate, voc.name
 
 

@@ -212,6 +212,9 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
     tensorboard: bool = True
     progress: bool = True
+    # a frozen text encoder's output for each distinct text is computed once and reused (the same numbers as
+    # encoding every batch, up to float rounding; DiffusionModel.enable_text_memo); false = encode every batch
+    text_memo: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

@@ -48,6 +48,8 @@ CODEC_CASES = {  # codec name -> (--set overrides, one input to analyze)
     "mel": ([], torch.zeros(1, 1, 2000)),
     "waveform": (["codec.options={sample_rate = 8000}", "model.preset=tiny-1d"], torch.zeros(1, 1, 256)),
     "image": (["codec.options={channels = 1}"], torch.zeros(1, 1, 16, 16, dtype=torch.uint8)),
+    # the autoencoder directory is made per test (tiny, untrained: tests.audio.test_audio_codecs' helper)
+    "latent": (["codec.options={autoencoder = '{ae}'}"], torch.zeros(1, 1, 2000)),
 }
 
 
@@ -56,8 +58,12 @@ def test_every_codec_has_a_case():
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_every_codec_is_accepted_and_builds(name):
+def test_every_codec_is_accepted_and_builds(tmp_path, name):
     over, data = CODEC_CASES[name]
+    if name == "latent":
+        from tests.audio.test_audio_codecs import tiny_autoencoder_dir
+
+        over = [o.replace("{ae}", str(tiny_autoencoder_dir(tmp_path / "ae"))) for o in over]
     cfg = cfg_with(f"codec.name={name}", *over)
     assert cfg.codec.name == name
     codec = make_codec(cfg.codec.name, **cfg.codec.options)

@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["MODELS_DIR", "DEFAULT_TEXT_MODEL", "list_models", "resolve_model", "default_model"]
 
 MODELS_DIR = Path(__file__).resolve().parent
-DEFAULT_TEXT_MODEL = "corpus_sfx_mel"  # what `sonodiff generate "..."` uses when it is shipped
+DEFAULT_TEXT_MODEL = "corpus_sfx_latent"  # what `sonodiff generate "..."` uses when it is shipped
 
 
 def list_models(kind: str | None = "diffusion") -> dict[str, dict]:

@@ -13,16 +13,18 @@ from sonodiff.models import MODELS_DIR, default_model, list_models, resolve_mode
 from sonodiff.pipelines import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("fsdd_digits_mel", "corpus_sfx_mel")
+SHIPPED = ("fsdd_digits_mel", "corpus_sfx_mel", "corpus_sfx_latent")
 
 
 def test_registry_lists_the_shipped_models_and_the_text_model_is_the_default():
     models = list_models()
     assert set(SHIPPED) <= set(models)
-    assert default_model() == "corpus_sfx_mel"
+    assert default_model() == "corpus_sfx_latent"
     assert models["fsdd_digits_mel"]["conditioning"] == "class_label"
     assert models["fsdd_digits_mel"]["labels"] == [str(d) for d in range(10)]
     assert models["corpus_sfx_mel"]["conditioning"] == "sentence"
+    assert models["corpus_sfx_latent"]["conditioning"] == "sentence"
+    assert json.loads((MODELS_DIR / "corpus_sfx_latent" / "config.json").read_text())["audio"]["codec"] == "latent"
     assert resolve_model("fsdd_digits_mel") == MODELS_DIR / "fsdd_digits_mel"
 
 
@@ -36,7 +38,8 @@ def test_shipped_model_is_small_and_has_a_model_card(name):
         assert needle in card, f"{name}/MODEL_CARD.md lacks {needle!r}"
 
 
-@pytest.mark.parametrize("name,prompt", [("fsdd_digits_mel", "7"), ("corpus_sfx_mel", "a wailing siren")])
+@pytest.mark.parametrize("name,prompt", [("fsdd_digits_mel", "7"), ("corpus_sfx_mel", "a wailing siren"),
+                                               ("corpus_sfx_latent", "a wailing siren")])
 def test_shipped_model_generates_reproducible_non_silent_audio(name, prompt):
     pipe = Pipeline.from_pretrained(name)
     a = pipe([prompt, prompt], seeds=[3, 4], num_steps=8)
@@ -57,8 +60,8 @@ def test_generate_cli_uses_the_shipped_text_model_without_model_flag(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     audio, sr = sf.read(out)
     side = json.loads(out.with_suffix(".json").read_text())
-    assert sr == 16000 and len(audio) == 32000 and 0.01 < abs(audio).max() <= 1.0
-    assert side["model_name"] == "corpus_sfx_mel" and side["prompt"] == "a wailing siren" and side["steps"] == 6
+    assert sr == 16000 and len(audio) == 64000 and 0.01 < abs(audio).max() <= 1.0  # the model's 4 s
+    assert side["model_name"] == "corpus_sfx_latent" and side["prompt"] == "a wailing siren" and side["steps"] == 6
 
 
 def test_shipped_clap_loads_and_embeds_in_one_space():

@@ -455,10 +455,8 @@ def save_autoencoder_dir(out: str | os.PathLike, *, config: dict, state: dict, m
 
 def load_autoencoder_dir(directory: str | os.PathLike):
     """(MelAutoencoder in eval mode, its fitted MelCodec, config.json dict) of an autoencoder model directory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from sonodiff.nn.autoencoder import MelAutoencoder, MelAutoencoderConfig
+    from sonodiff.utils.modules import load_weights
 
     d = Path(directory)
     cfg_path = d / CONFIG_FILE
@@ -470,14 +468,7 @@ def load_autoencoder_dir(directory: str | os.PathLike):
         raise ValueError(f"{d} is not an autoencoder model directory ({cfg_path} has kind "
                          f"{meta.get('kind', 'diffusion')!r}, not {AUTOENCODER_KIND!r})")
     net = MelAutoencoder(MelAutoencoderConfig.from_dict(meta["config"], f"{cfg_path}: config"))
-    try:
-        state = load_file(str(d / "model.safetensors"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{d / 'model.safetensors'} is missing or corrupt ({e})") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{d / 'model.safetensors'} does not match the network in {cfg_path}: missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(net, d / "model.safetensors", f"the network in {cfg_path}")
     mel = load_codec(d / "codec")
     if not isinstance(mel, MelCodec) or not mel.is_fitted:
         raise ValueError(f"{d / 'codec'} must hold the fitted mel codec the autoencoder was trained on")

@@ -27,7 +27,11 @@ def list_models(kind: str | None = "diffusion") -> dict[str, dict]:
             if kind is not None and k != kind:
                 continue
             if k == "clap":
-                out[d.name] = {"path": str(d), "kind": "clap", "sample_rate": c["clap"]["sample_rate"],
+                modality = c["clap"].get("modality", "audio")
+                out[d.name] = {"path": str(d), "kind": "clap", "modality": modality,
+                               **({"image_size": [c["clap"]["channels"], c["clap"]["image_height"],
+                                                  c["clap"]["image_width"]]} if modality == "image"
+                                  else {"sample_rate": c["clap"]["sample_rate"]}),
                                "embed_dim": c["clap"]["embed_dim"], "steps_trained": c["source"].get("step")}
                 continue
             if k == "autoencoder":

@@ -60,13 +60,11 @@ def save_model_dir(out: str | Path, *, model_state: dict, spec: dict, codec, sam
 
 def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
     """(DiffusionModel in eval mode, codec, config dict) of an exported directory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from sonodiff.audio.codecs import load_codec
     from sonodiff.core.denoiser import Preconditioned
     from sonodiff.models.diffusion import DiffusionModel, conditioner_from_spec
     from sonodiff.nn import build_network
+    from sonodiff.utils.modules import load_weights
 
     p = Path(path)
     if not p.is_dir():
@@ -88,17 +86,7 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu"):
     conditioner = conditioner_from_spec(m["conditioning"])
     den = Preconditioned(net, m["param"], sigma_data=m["sigma_data"])
     model = DiffusionModel(den, conditioner)
-    wpath = p / "model.safetensors"
-    if not wpath.is_file():
-        raise FileNotFoundError(f"{wpath} is missing")
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{wpath} is corrupt or not a safetensors file ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{wpath} does not match the architecture in config.json: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(model, p / "model.safetensors", "the architecture in config.json")
     codec = load_codec(p / "codec")
     model.to(device).eval()
     return model, codec, cfg

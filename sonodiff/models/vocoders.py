@@ -139,22 +139,11 @@ class _SpeechT5:
 
 
 def _load_neural(d: Path, cfg: dict):
-    from safetensors.torch import load_file
-
     from sonodiff.audio.neural_vocoder import NeuralVocoder, NeuralVocoderConfig
+    from sonodiff.utils.modules import load_weights
 
     net = NeuralVocoder(NeuralVocoderConfig.from_dict(cfg["config"]))
-    w = d / "model.safetensors"
-    if not w.is_file():
-        raise FileNotFoundError(f"{w} is missing")
-    try:
-        state = load_file(str(w))
-    except Exception as e:  # noqa: BLE001 - a corrupt file is a clear error naming it
-        raise ValueError(f"{w} is corrupt or not a safetensors file ({e})") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{w} does not match the vocoder in {d / 'config.json'}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(net, d / "model.safetensors", f"the vocoder in {d / 'config.json'}")
     return _Neural(net, str(d))
 
 

@@ -433,8 +433,9 @@ def _models(args) -> int:
                   f"per axis, trained {m['steps_trained']} steps")
             continue
         if m["kind"] == "clap":
-            print(f"{name:20s} {'clap':12s} {m['sample_rate']} Hz, {m['embed_dim']}-d text-audio space, trained "
-                  f"{m['steps_trained']} steps")
+            what = (f"{'x'.join(map(str, m['image_size']))} images, {m['embed_dim']}-d text-image space"
+                    if m["modality"] == "image" else f"{m['sample_rate']} Hz, {m['embed_dim']}-d text-audio space")
+            print(f"{name:20s} {'clap':12s} {what}, trained {m['steps_trained']} steps")
             continue
         labels = f" labels={','.join(m['labels'])}" if m["labels"] else ""
         what = (f"{'x'.join(map(str, m['image_size']))} images" if m.get("modality") == "image"

@@ -84,12 +84,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     # the run's own fitted codec (runs started before runs kept one: the feature cache's, as they were trained)
     codec = load_codec(run_dir / "codec" if (run_dir / "codec" / "config.json").is_file()
                        else Path(run["feature_dir"]) / "codec")
-    source = {"name": c["name"], "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
-              "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
-              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]}
-    state = ema_state
-    if ema_sigma_rel is not None:
-        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    source, state = _source_and_weights(run, run_dir, ckpt, meta, ema_state, ema_sigma_rel)
     sections = model_sections(c, codec)
     if guidance_scale is not None:
         if not guidance_scale >= 0:
@@ -145,13 +140,8 @@ def _export_clap(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: di
     from sonodiff.eval.clap import ClapConfig, save_clap_dir
 
     c, spec = run["config"], run["model"]
-    source = {"name": c["name"], "task": "contrastive", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
-              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
-              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"],
-              "text_field": c["contrastive"]["text_field"]}
-    state = ema_state
-    if ema_sigma_rel is not None:
-        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    source, state = _source_and_weights(run, run_dir, ckpt, meta, ema_state, ema_sigma_rel, task="contrastive",
+                                        text_field=c["contrastive"]["text_field"])
     return save_clap_dir(out, config=ClapConfig.from_dict(spec["config"]), state=state, source=source)
 
 
@@ -162,13 +152,8 @@ def _export_autoencoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_st
     from sonodiff.audio.codecs import load_codec, save_autoencoder_dir
 
     c, spec = run["config"], run["model"]
-    source = {"name": c["name"], "task": "autoencoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
-              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
-              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"],
-              "kl_weight": c["autoencoder"]["kl_weight"]}
-    state = ema_state
-    if ema_sigma_rel is not None:
-        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    source, state = _source_and_weights(run, run_dir, ckpt, meta, ema_state, ema_sigma_rel, task="autoencoder",
+                                        kl_weight=c["autoencoder"]["kl_weight"])
     return save_autoencoder_dir(out, config=spec["config"], state=state, mel=load_codec(run_dir / "codec"),
                                 source=source)
 
@@ -178,16 +163,26 @@ def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state:
     from sonodiff.audio.neural_vocoder import NeuralVocoderConfig
     from sonodiff.models.vocoders import save_vocoder_dir
 
-    c, spec = run["config"], run["model"]
-    source = {"name": c["name"], "task": "vocoder", "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name,
-              "step": meta["step"], "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
-              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"]}
-    state = ema_state
-    if ema_sigma_rel is not None:
-        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    spec = run["model"]
+    source, state = _source_and_weights(run, run_dir, ckpt, meta, ema_state, ema_sigma_rel, task="vocoder")
     gcfg = NeuralVocoderConfig.from_dict(spec["config"])
     return save_vocoder_dir(out, kind="neural", mel=gcfg.mel_config(), config=spec["config"], state=state,
                             source=source)
+
+
+def _source_and_weights(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, ema_sigma_rel,
+                        **extra) -> tuple[dict, dict]:
+    """Every export's provenance (``source`` in config.json: run, checkpoint, step, samples, data; plus ``extra``)
+    and the weights it stores: the checkpoint's EMA, or the post-hoc EMA of length ``ema_sigma_rel``."""
+    c = run["config"]
+    source = {"name": c["name"], **({"task": extra.pop("task")} if "task" in extra else {}),
+              "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
+              "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
+              "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"], **extra}
+    state = ema_state
+    if ema_sigma_rel is not None:
+        state, source["ema"] = _posthoc_weights(run_dir, int(meta["step"]), ema_sigma_rel, ema_state)
+    return source, state
 
 
 def _posthoc_weights(run_dir: Path, step: int, sigma_rel: float, ema_state: dict) -> tuple[dict, dict]:

@@ -1,11 +1,31 @@
-"""Helpers for modules that hold frozen pretrained encoders outside their module tree."""
+"""Helpers for modules: frozen pretrained encoders held outside the module tree; loading saved weights."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["deepcopy_sharing"]
+__all__ = ["deepcopy_sharing", "load_weights"]
+
+
+def load_weights(module, path: str | Path, against: str) -> None:
+    """Load the safetensors file ``path`` into ``module`` (every key must match). A missing file is a
+    ``FileNotFoundError``; a corrupt one, or keys that do not fit ``module``, a ``ValueError`` naming the file and
+    ``against`` (what defines the architecture, e.g. the directory's config.json)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is corrupt or not a safetensors file ({e})") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {against}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def deepcopy_sharing(obj, memo: dict, shared: Iterable) -> object:

@@ -71,6 +71,8 @@ def test_shipped_clap_loads_and_embeds_in_one_space():
     from sonodiff.models import MODELS_DIR, list_models
 
     assert list_models("clap")["clap_corpus"]["embed_dim"] == 256
+    assert list_models("clap")["clap_corpus"]["modality"] == "audio"
+    assert list_models("clap")["clip_mnist"]["image_size"] == [1, 28, 28]  # an image CLIP lists its image size
     assert sum(f.stat().st_size for f in (MODELS_DIR / "clap_corpus").iterdir()) < 30e6
     clap = load_clap("clap_corpus")
     assert isinstance(clap, InHouseClap) and clap.sample_rate == 16000

@@ -171,12 +171,11 @@ def _export_vocoder(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state:
 
 
 def _source_and_weights(run: dict, run_dir: Path, ckpt: Path, meta: dict, ema_state: dict, ema_sigma_rel,
-                        **extra) -> tuple[dict, dict]:
-    """Every export's provenance (``source`` in config.json: run, checkpoint, step, samples, data; plus ``extra``)
-    and the weights it stores: the checkpoint's EMA, or the post-hoc EMA of length ``ema_sigma_rel``."""
+                        task: str | None = None, **extra) -> tuple[dict, dict]:
+    """Every export's provenance (``source`` in config.json: run, task, checkpoint, step, samples, data; plus
+    ``extra``) and the weights it stores: the checkpoint's EMA, or the post-hoc EMA of length ``ema_sigma_rel``."""
     c = run["config"]
-    source = {"name": c["name"], **({"task": extra.pop("task")} if "task" in extra else {}),
-              "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
+    source = {"name": c["name"], **({"task": task} if task else {}), "run_dir": run_dir.resolve().name, "checkpoint": ckpt.name, "step": meta["step"],
               "samples": meta.get("samples"), "train_seconds": meta.get("train_seconds"),
               "data_root": Path(c["data"]["root"]).name, "layout": c["data"]["layout"], **extra}
     state = ema_state

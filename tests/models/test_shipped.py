@@ -25,6 +25,12 @@ def test_registry_lists_the_shipped_models_and_the_text_model_is_the_default():
     assert models["corpus_sfx_mel"]["conditioning"] == "sentence"
     assert models["corpus_sfx_latent"]["conditioning"] == "sentence"
     assert json.loads((MODELS_DIR / "corpus_sfx_latent" / "config.json").read_text())["audio"]["codec"] == "latent"
+    # the latent model shares the shipped autoencoder (no second copy in the package), checked by weights hash
+    from sonodiff.audio.codecs import load_codec
+
+    codec = load_codec(MODELS_DIR / "corpus_sfx_latent" / "codec")
+    assert codec.directory.resolve() == (MODELS_DIR / "ae_sfx").resolve()
+    assert not (MODELS_DIR / "corpus_sfx_latent" / "codec" / "autoencoder").exists()
     assert resolve_model("fsdd_digits_mel") == MODELS_DIR / "fsdd_digits_mel"
 
 

@@ -62,7 +62,8 @@ class DiffusionTask(Task):
         self.model, self.spec = build_model(cfg, self.ds.shape, labels)
         check_trainer_inputs(self.model.conditioner)
         self.model.to(self.device)
-        if cfg.train.text_memo and self.model.enable_text_memo():  # each caption through the frozen text encoder once, not once per step
+        # each caption through the frozen text encoder once, not once per step (train.text_memo = false: every step)
+        if cfg.train.text_memo and self.model.enable_text_memo():
             self.log("text encodings are computed once per distinct text (frozen encoder) and reused")
         self.run_extra = {"feature_dir": str(fdir)}
         if self.codec.mel_config is not None and cfg.demo.vocoder != "griffin_lim":
